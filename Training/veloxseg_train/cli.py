@@ -1,7 +1,7 @@
 """`veloxseg-train`: the training-side command line.
 
-Each sub-command lives in its own module under `veloxseg_train.commands`, imported only when it is run,
-so `veloxseg-train --help` stays fast and one broken command cannot break the others.
+Each sub-command lives in its own module under `veloxseg_train.commands`; those modules import their heavy
+dependencies (torch, onnx) inside `run()`, so `veloxseg-train --help` stays fast.
 """
 
 from __future__ import annotations
