@@ -49,7 +49,7 @@ _JLC_RULES = [(r"spatial_convs\.(\d+)\.0\.", r"branches.\1.conv."), (r"channel_c
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatchError(ValueError):
     """The weights do not fit the network; the message lists every offending key."""
 
 
@@ -72,14 +72,14 @@ def unwrap_state_dict(obj: object) -> Mapping[str, torch.Tensor]:
         for key in STATE_DICT_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
                 return unwrap_state_dict(obj[key])
-    raise CheckpointMismatch(
+    raise CheckpointMismatchError(
         "No state_dict found: expected a mapping of parameter names to tensors, or a dict holding one under "
         f"one of the keys {', '.join(STATE_DICT_KEYS)}.")
 
 
 def convert_reference_state_dict(reference: Mapping[str, torch.Tensor],
                                  model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Rename the authors' tensors to ours and check them against `model`; raises CheckpointMismatch."""
+    """Rename the authors' tensors to ours and check them against `model`; raises CheckpointMismatchError."""
     # strip wrappers such as DataParallel's "module." or Lightning's "model." prefixes
     names = list(reference)
     for prefix in ("module.", "model.", "net."):
@@ -114,5 +114,6 @@ def convert_reference_state_dict(reference: Mapping[str, torch.Tensor],
         if missing:
             lines.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
         lines += problems
-        raise CheckpointMismatch("The checkpoint does not fit this VeloxSeg configuration:\n  " + "\n  ".join(lines))
+        details = "\n  ".join(lines)
+        raise CheckpointMismatchError(f"The checkpoint does not fit this VeloxSeg configuration:\n  {details}")
     return converted
