@@ -1,7 +1,7 @@
 """`veloxseg-train`: the training-side command line.
 
-Each sub-command lives in its own module under `veloxseg_train.commands`; those modules import their heavy
-dependencies (torch, onnx) inside `run()`, so `veloxseg-train --help` stays fast.
+Each sub-command lives in its own module under `veloxseg_train.commands`, imported only when that command
+runs; the modules import their heavy dependencies (torch, onnx) inside `run()`.
 """
 
 from __future__ import annotations
@@ -21,19 +21,22 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the module of `command` is imported (so one command's dependencies can't break another)."""
     parser = argparse.ArgumentParser(prog="veloxseg-train", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         cmd_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(f"veloxseg_train.commands.{module_name}")
-        module.add_arguments(cmd_parser)
-        cmd_parser.set_defaults(_module=module)
+        if name == command:
+            module = importlib.import_module(f"veloxseg_train.commands.{module_name}")
+            module.add_arguments(cmd_parser)
+            cmd_parser.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -1,0 +1,105 @@
+"""`veloxseg-train import-reference` and `veloxseg-train export`, end to end through the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from veloxseg_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from veloxseg_train.cli import main
+from veloxseg_train.model import VeloxSeg
+
+NORMALIZATION = {"CT": {"clip_low": -1000.0, "clip_high": 1000.0, "mean": 10.0, "std": 400.0},
+                 "PET": {"clip_low": 0.0, "clip_high": 30.0, "mean": 1.0, "std": 2.0}}
+
+
+def test_import_reference_wrapped_state_dict(tmp_path, reference_state_dict, capsys):
+    source = tmp_path / "authors.pth"
+    torch.save({"epoch": 299, "model_state_dict": reference_state_dict}, source)
+    norm = tmp_path / "norm.json"
+    norm.write_text(json.dumps(NORMALIZATION))
+    out = tmp_path / "ours.pt"
+    assert main(["import-reference", str(source), "--out", str(out), "--normalization", str(norm)]) == 0
+    payload = load_checkpoint(out)
+    assert payload["normalization"] == NORMALIZATION
+    model = model_from_checkpoint(payload)
+    table = reference_state_dict["encoder.encoder_attn.layers.1.blocks.0.attn.position_embedding."
+                                 "relative_position_bias_table"]
+    assert torch.equal(model.encoder.transformer.stages[1].attn.rel_pos.table, table)
+    v_weight = reference_state_dict["encoder.encoder_attn.layers.2.blocks.0.attn.qkv_proj.1.2.weight"]
+    assert torch.equal(model.encoder.transformer.stages[2].attn.qkv[1].v.weight, v_weight)
+
+
+def test_import_reference_lists_missing_and_unexpected_keys(tmp_path, reference_state_dict, capsys):
+    broken = dict(reference_state_dict)
+    del broken["decoder.out_conv1.0.weight"]
+    broken["decoder.extra_head.weight"] = torch.zeros(3)
+    source = tmp_path / "broken.pth"
+    torch.save(broken, source)
+    out = tmp_path / "ours.pt"
+    assert main(["import-reference", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "decoder.extra_head.weight" in err and "seg_decoder.head.conv.weight" in err
+    assert not out.exists()
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_import_reference_never_unpickles_code(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    source = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Exploit(marker)}, source)
+    assert main(["import-reference", str(source), "--out", str(tmp_path / "o.pt")]) == 2
+    assert not marker.exists()
+    assert "nothing in it was executed" in capsys.readouterr().err
+
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a checkpoint")
+    assert main(["import-reference", str(plain), "--out", str(tmp_path / "o.pt")]) == 2
+    with open(tmp_path / "raw.pkl", "wb") as f:
+        pickle.dump({"a": 1}, f)
+    assert main(["import-reference", str(tmp_path / "raw.pkl"), "--out", str(tmp_path / "o.pt")]) == 2
+
+
+def test_export_writes_verified_onnx_and_manifest(tmp_path, capsys):
+    torch.manual_seed(3)
+    model = VeloxSeg()
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model, NORMALIZATION, {"data": "unit test"})
+    onnx_path = tmp_path / "out" / "veloxseg.onnx"
+    assert main(["export", str(checkpoint), "--out", str(onnx_path)]) == 0
+    manifest = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert manifest["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    assert manifest["opset"] >= 17 and manifest["patch_size_zyx"] == [96, 96, 96]
+    assert manifest["modalities"] == ["CT", "PET"] and manifest["class_names"] == ["background", "lesion"]
+    assert manifest["normalization"] == NORMALIZATION
+    provenance = manifest["provenance"]
+    assert provenance["checkpoint"] == "model.pt" and provenance["data"] == "unit test"
+    assert provenance["verification"]["batch_1"]["max_abs_delta"] <= 1e-4
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 2, 96, 96, 96)
+    with torch.inference_mode():
+        expected = model.eval()(x).numpy()
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    assert got.shape == (1, 2, 96, 96, 96)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_export_refuses_a_checkpoint_without_normalisation(tmp_path, capsys):
+    checkpoint = save_checkpoint(tmp_path / "model.pt", VeloxSeg(), None)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 2
+    assert "normalisation" in capsys.readouterr().err
+    assert not out.exists()

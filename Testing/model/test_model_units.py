@@ -1,0 +1,93 @@
+"""Unit checks of the blocks: configuration rules, window helpers, export rewrites, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from veloxseg_train.model import VeloxSeg, VeloxSegConfig, gram_matrix
+from veloxseg_train.model.decoders import pixel_shuffle_3d
+from veloxseg_train.model.export_rewrites import DepthSlicedConv3d, StridedDepthSlicedConv3d
+from veloxseg_train.model.windows import relative_position_index, upsample_matrix, window_partition, window_reverse
+
+
+def test_autopet_windows_and_widths_follow_the_spec():
+    cfg = VeloxSegConfig.autopet()
+    pairs = [[(p.big[0], p.small[0]) for p in cfg.window_pairs(k)] for k in range(4)]
+    assert pairs == [[(3, 1), (6, 2), (12, 4), (24, 8)], [(6, 1), (12, 2)], [(3, 1), (6, 2)], [(3, 1)]]
+    assert [cfg.qk_channels(k) for k in range(4)] == [16, 32, 32, 64]
+    assert [cfg.v_channels(k) for k in range(4)] == [16, 32, 64, 128]
+    assert cfg.required_multiple() == (96, 96, 96)
+
+
+def test_hecktor_windows_are_anisotropic():
+    cfg = VeloxSegConfig.hecktor()
+    assert cfg.grid(0) == (32, 32, 16)
+    assert [len(cfg.window_pairs(k)) for k in range(4)] == [4, 2, 2, 1]
+    assert all(p.tokens == (4, 4, 2) for k in (0, 2, 3) for p in cfg.window_pairs(k))
+    assert cfg.window_pairs(1)[0].tokens == (8, 8, 4)
+
+
+def test_config_round_trip_rejects_unknown_keys():
+    cfg = VeloxSegConfig.hecktor()
+    assert VeloxSegConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="bogus"):
+        VeloxSegConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_window_partition_matches_a_plain_permute_and_reverses():
+    x = torch.randn(3, 12, 6, 24)
+    windows = window_partition(x, (3, 2, 4))
+    expected = x.reshape(3, 4, 3, 3, 2, 6, 4).permute(0, 1, 3, 5, 2, 4, 6).reshape(3, 72, 24)
+    assert torch.equal(windows, expected)
+    assert torch.equal(window_reverse(windows, (3, 2, 4), (12, 6, 24)), x)
+
+
+@pytest.mark.parametrize("tokens,size", [((3, 3, 3), (6, 6, 6)), ((3, 3, 3), (24, 24, 24)), ((4, 4, 2), (8, 8, 4))])
+def test_upsample_matrix_equals_trilinear_align_corners(tokens, size):
+    x = torch.randn(5, 1, *tokens)
+    expected = F.interpolate(x, size=size, mode="trilinear", align_corners=True).reshape(5, -1)
+    assert torch.allclose(x.reshape(5, -1) @ upsample_matrix(tokens, size).T, expected, atol=1e-5)
+
+
+def test_relative_position_index_is_swin_style():
+    index = relative_position_index((3, 3, 3))
+    assert index.shape == (27, 27) and index.min() == 0 and index.max() == 124
+    assert index[0, 0] == index[13, 13] == 62  # zero offset sits in the middle of the 5^3 table
+    assert index[26, 0] == 124 and index[0, 26] == 0
+
+
+def test_pixel_shuffle_channel_order():
+    x = torch.randn(2, 2 * 64, 3, 4, 5)
+    expected = x.reshape(2, 2, 4, 4, 4, 3, 4, 5).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(2, 2, 12, 16, 20)
+    assert torch.equal(pixel_shuffle_3d(x, 4), expected)
+
+
+def test_gram_matrix_by_hand():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 2, 1, 1)
+    # X X^T = [[5, 11], [11, 25]], divided by C * N = 2 * 2
+    assert torch.allclose(gram_matrix(x), torch.tensor([[[1.25, 2.75], [2.75, 6.25]]]))
+
+
+@pytest.mark.parametrize("channels,kernel,groups", [(16, 5, 4), (8, 3, 1), (12, 5, 3)])
+def test_depth_sliced_conv_equals_conv3d(channels, kernel, groups):
+    conv = torch.nn.Conv3d(channels, channels, kernel, padding=kernel // 2, groups=groups)
+    x = torch.randn(2, channels, 7, 6, 5)
+    with torch.no_grad():
+        assert torch.allclose(DepthSlicedConv3d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_strided_depth_sliced_conv_equals_conv3d():
+    conv = torch.nn.Conv3d(2, 16, 7, stride=4, padding=3)
+    x = torch.randn(1, 2, 24, 20, 16)
+    with torch.no_grad():
+        assert torch.allclose(StridedDepthSlicedConv3d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_wrong_input_size_names_the_sizes_it_takes():
+    model = VeloxSeg().eval()
+    with pytest.raises(ValueError, match=r"\(B, 2, 96, 96, 96\).*multiple of \(96, 96, 96\)"):
+        model(torch.zeros(1, 2, 64, 96, 96))
+    with pytest.raises(ValueError, match="got \\(1, 1, 96, 96, 96\\)"):
+        model(torch.zeros(1, 1, 96, 96, 96))

@@ -1,0 +1,137 @@
+"""Export the inference path to ONNX, with its manifest, and prove the export right before keeping it.
+
+The ONNX file and manifest are written to temporary names first and moved into place only after ONNX
+Runtime reproduces PyTorch (max |delta| <= 1e-4, identical argmax) on the verification input.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .model import VeloxSeg
+from .model.export_rewrites import rewrite_for_export
+
+MANIFEST_FORMAT = "veloxseg-manifest/1"
+DEFAULT_SPACING_XYZ_MM = (2.036, 2.036, 3.0)  # AutoPET-II's released PET grid (paper Table 5)
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def verification_input(model: VeloxSeg, batch: int = 1) -> torch.Tensor:
+    """The fixed input every export is checked on: seeded standard-normal noise of the patch shape."""
+    generator = torch.Generator().manual_seed(20260)
+    return torch.randn(batch, model.cfg.modalities, *model.cfg.input_size, generator=generator)
+
+
+def verify_onnx(onnx_path: Path, model: VeloxSeg, dynamic_batch: bool) -> dict:
+    """Run ORT (1 thread, CPU) against PyTorch eager; raise ExportError unless they agree."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    report = {}
+    for batch in ((1, 2) if dynamic_batch else (1,)):
+        x = verification_input(model, batch)
+        with torch.inference_mode():
+            expected = model(x).numpy()
+        got = session.run(["logits"], {"image": x.numpy()})[0]
+        max_delta = float(np.abs(got - expected).max())
+        # a voxel whose two logits PyTorch itself separates by less than the tolerance is a numerical tie:
+        # float rounding may legitimately flip it, so argmax identity is required everywhere else
+        top2 = np.sort(expected, axis=1)
+        decided = (top2[:, -1] - top2[:, -2]) > TOLERANCE
+        flipped = got.argmax(1) != expected.argmax(1)
+        argmax_equal = not bool((flipped & decided).any())
+        report[f"batch_{batch}"] = {"max_abs_delta": max_delta, "argmax_identical": argmax_equal,
+                                    "near_tie_voxels": int((~decided).sum()),
+                                    "flipped_near_ties": int((flipped & ~decided).sum())}
+        if not max_delta <= TOLERANCE or not argmax_equal:
+            raise ExportError(f"ONNX Runtime disagrees with PyTorch at batch {batch}: max |delta| {max_delta:.3g} "
+                              f"(limit {TOLERANCE}), argmax identical outside numerical ties: {argmax_equal}. "
+                              "The export was not kept.")
+    return report
+
+
+def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance: dict,
+                opset: int = 17, dynamic_batch: bool = False, model_version: str = "0.1.0",
+                spacing_xyz_mm=DEFAULT_SPACING_XYZ_MM, manifest_path: Optional[Path] = None) -> dict:
+    """Write MODEL.onnx and its manifest (MODEL.json by default). Returns the manifest."""
+    if opset < 17:
+        raise ExportError("opset 17 or newer is required")
+    out_path = Path(out_path)
+    manifest_path = Path(manifest_path) if manifest_path else out_path.with_suffix(".json")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    graph_model = rewrite_for_export(model)  # same function, ORT-friendly ops; verified against `model`
+    tmp_onnx = out_path.with_name(out_path.name + ".partial")
+    try:
+        dynamic_axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        with warnings.catch_warnings():  # the TorchScript exporter's notes on IN and Slice folding are expected
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph_model, (verification_input(model),), str(tmp_onnx), input_names=["image"],
+                              output_names=["logits"], opset_version=opset, dynamic_axes=dynamic_axes,
+                              dynamo=False, do_constant_folding=True)
+        verification = verify_onnx(tmp_onnx, model, dynamic_batch)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "model_name": "VeloxSeg",
+            "model_version": model_version,
+            "onnx_file": out_path.name,
+            "onnx_sha256": sha256_of(tmp_onnx),
+            "opset": opset,
+            "input_name": "image",
+            "output_name": "logits",
+            "dynamic_batch": dynamic_batch,
+            "patch_size_zyx": list(model.cfg.input_size),
+            "spacing_xyz_mm": [float(s) for s in spacing_xyz_mm],
+            "modalities": ["CT", "PET"],
+            "class_names": ["background", "lesion"],
+            "normalization": normalization,
+            "provenance": {
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "exporter": "veloxseg-train export",
+                "git_commit": git_commit(),
+                "torch": torch.__version__,
+                "verification": verification,
+                **provenance,
+            },
+        }
+        tmp_manifest = manifest_path.with_name(manifest_path.name + ".partial")
+        tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp_onnx.replace(out_path)
+        tmp_manifest.replace(manifest_path)
+        return manifest
+    finally:
+        for leftover in (tmp_onnx, manifest_path.with_name(manifest_path.name + ".partial")):
+            if leftover.exists():
+                leftover.unlink()

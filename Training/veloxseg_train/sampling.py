@@ -1,0 +1,101 @@
+"""Which volumes each step uses, and where its crops are centred.
+
+Per step every process takes `volumes_per_step` volumes and cuts `crops_per_volume` crops from each
+(the reference: 2 x 2). Each crop is centred on a lesion voxel with probability
+lesion_ratio / (lesion_ratio + background_ratio), otherwise on a background voxel inside the body's bounding
+box (the reference's CropForeground + RandCropByPosNegLabel). Lesion-free volumes always give background
+crops. A crop whose centre is near the border is shifted inwards so it stays inside the volume; volumes
+smaller than a crop were padded when loaded.
+
+All randomness comes from a `numpy.random.Generator` owned by the caller, so a resumed run can restore it.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from .training_data import Volume
+
+Centre = Tuple[int, int, int]
+
+
+def epoch_plan(n_volumes: int, epoch: int, seed: int, volumes_per_step: int, steps_per_epoch: int = 0,
+               rank: int = 0, world_size: int = 1) -> List[List[int]]:
+    """Volume indices for each step of `epoch` on process `rank`.
+
+    The order is a permutation seeded by (seed, epoch) only, so every process computes the same global plan
+    and a resumed run can recompute it. steps_per_epoch = 0 means one pass over the volumes (the last step is
+    filled from the next permutation, as DistributedSampler pads); more steps draw further permutations.
+    Process r takes slot r of every step, so processes never share a volume within a step.
+    """
+    if n_volumes < 1:
+        raise ValueError("no training volumes")
+    per_step = volumes_per_step * world_size
+    steps = steps_per_epoch or -(-n_volumes // per_step)
+    rng = np.random.default_rng([seed, epoch, 0x5EED])
+    order: List[int] = []
+    while len(order) < steps * per_step:
+        order.extend(int(i) for i in rng.permutation(n_volumes))
+    slots = np.asarray(order[: steps * per_step]).reshape(steps, world_size, volumes_per_step)
+    return [list(map(int, slots[s, rank])) for s in range(steps)]
+
+
+class CropSampler:
+    """Draws crop centres (lesion or background) and cuts crops out of a `Volume`."""
+
+    def __init__(self, patch_size: Sequence[int], lesion_ratio: float = 1.0, background_ratio: float = 1.0,
+                 max_tries: int = 100):
+        total = lesion_ratio + background_ratio
+        if total <= 0 or lesion_ratio < 0 or background_ratio < 0:
+            raise ValueError("lesion_ratio and background_ratio must be >= 0 and not both 0")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.lesion_probability = lesion_ratio / total
+        self.max_tries = max_tries
+
+    def lesion_centre(self, volume: Volume, rng: np.random.Generator) -> Centre:
+        flat = volume.lesion_index[rng.integers(len(volume.lesion_index))]
+        return tuple(int(i) for i in np.unravel_index(flat, volume.shape))
+
+    def background_centre(self, volume: Volume, rng: np.random.Generator) -> Centre:
+        """A uniformly drawn label-0 voxel of the body box (rejection sampling: lesions are rare)."""
+        lo, hi = volume.body_lo, volume.body_hi
+        for _ in range(self.max_tries):
+            centre = tuple(int(rng.integers(a, b)) for a, b in zip(lo, hi))
+            if volume.label[centre] == 0:
+                return centre
+        # A box almost filled by lesion: take any background voxel, or the box centre if there is none.
+        background = np.flatnonzero(volume.label == 0)
+        if len(background):
+            return tuple(int(i) for i in np.unravel_index(background[rng.integers(len(background))], volume.shape))
+        return tuple((a + b) // 2 for a, b in zip(lo, hi))
+
+    def draw_centre(self, volume: Volume, rng: np.random.Generator) -> Tuple[Centre, bool]:
+        """(centre, lesion_centred). A lesion-free volume always yields a background centre.
+
+        One uniform number is always drawn first, so the stream of draws does not depend on the volume.
+        """
+        want_lesion = rng.random() < self.lesion_probability
+        if want_lesion and len(volume.lesion_index):
+            return self.lesion_centre(volume, rng), True
+        return self.background_centre(volume, rng), False
+
+    def crop_start(self, shape: Sequence[int], centre: Centre) -> Tuple[int, int, int]:
+        """Start index of the crop centred on `centre`, shifted to lie inside the volume."""
+        return tuple(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch_size, shape))
+
+    def crop(self, volume: Volume, centre: Centre) -> Tuple[np.ndarray, np.ndarray]:
+        """(image (2, *patch), label (*patch)) views into the volume around `centre`."""
+        start = self.crop_start(volume.shape, centre)
+        region = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+        return volume.image[(slice(None),) + region], volume.label[region]
+
+    def sample(self, volume: Volume, n: int, rng: np.random.Generator) -> List[Tuple[np.ndarray, np.ndarray, bool]]:
+        """n crops of one volume: (image, label, lesion_centred) each."""
+        crops = []
+        for _ in range(n):
+            centre, lesion = self.draw_centre(volume, rng)
+            image, label = self.crop(volume, centre)
+            crops.append((image, label, lesion))
+        return crops
