@@ -1,0 +1,414 @@
+"""The `veloxseg` command end to end: segment, batch, info, exit codes, and bad inputs that must each give
+a specific error and write nothing."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+from engine_helpers import make_image, phantom
+
+from VeloxSegSlicerLib.engine import batch as batch_module
+from VeloxSegSlicerLib.engine import cli
+from VeloxSegSlicerLib.engine.batch import find_study_inputs
+from VeloxSegSlicerLib.engine.errors import InputError
+
+SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
+GRID = {"size": (40, 40, 30), "spacing": (4.0, 4.0, 4.0), "origin": (-80.0, -80.0, -60.0)}
+LESION = ((10.0, -5.0, 0.0), 12.0, 9.0)
+
+
+def run(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_study(folder: Path, ct=None, pet=None, ct_name="ct.nii.gz", pet_name="pet.nii.gz"):
+    folder.mkdir(parents=True, exist_ok=True)
+    ct = ct if ct is not None else phantom([], kind="CT", **GRID)
+    pet = pet if pet is not None else phantom([LESION], kind="PET", **GRID)
+    sitk.WriteImage(ct, str(folder / ct_name))
+    sitk.WriteImage(pet, str(folder / pet_name))
+    return folder / ct_name, folder / pet_name
+
+
+def files_in(folder: Path) -> set:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.fixture()
+def study(tmp_path):
+    ct, pet = write_study(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    return ct, pet, out
+
+
+# --- success paths -------------------------------------------------------------------------------------
+
+
+def test_segment_small_real_study(tmp_path, capsys, manifest_path):
+    out, stats = tmp_path / "lesions.nii.gz", tmp_path / "stats.csv"
+    code, stdout, _ = run(
+        capsys,
+        "segment",
+        "--ct",
+        SMALL_STUDY / "ct.nii.gz",
+        "--pet",
+        SMALL_STUDY / "pet.nii.gz",
+        "--out",
+        out,
+        "--stats",
+        stats,
+        "--model",
+        manifest_path,
+    )
+    assert code == 0, stdout
+    assert files_in(tmp_path) == {"lesions.nii.gz", "stats.csv"}
+    label, ct = sitk.ReadImage(str(out)), sitk.ReadImage(str(SMALL_STUDY / "ct.nii.gz"))
+    assert label.GetPixelID() == sitk.sitkUInt16
+    assert label.GetSize() == ct.GetSize()
+    assert np.allclose(label.GetOrigin(), ct.GetOrigin()) and np.allclose(label.GetSpacing(), ct.GetSpacing())
+    rows = list(csv.DictReader(stats.open()))
+    assert rows and rows[0]["lesion_id"] == "1"
+    assert float(rows[0]["suv_max"]) == pytest.approx(21.676, abs=0.01)  # the sarcoma's SUVmax
+    assert int(sitk.GetArrayFromImage(label).max()) == len(rows)
+    assert "lesion(s)" in stdout
+
+
+def test_segment_volume_smaller_than_a_patch(tmp_path, capsys, manifest_path):
+    grid = {"size": (20, 18, 12), "spacing": (3.0, 3.0, 3.0), "origin": (-30.0, -27.0, -18.0)}
+    ct, pet = write_study(
+        tmp_path,
+        phantom([], kind="CT", body_radius_mm=20.0, **grid),
+        phantom([((0.0, 0.0, 0.0), 8.0, 9.0)], kind="PET", body_radius_mm=20.0, **grid),
+    )
+    code, _, err = run(
+        capsys, "segment", "--ct", ct, "--pet", pet, "--out", tmp_path / "o.nrrd", "--model", manifest_path
+    )
+    assert code == 0, err
+    label = sitk.ReadImage(str(tmp_path / "o.nrrd"))
+    assert label.GetSize() == (20, 18, 12)
+    assert sitk.GetArrayFromImage(label).max() == 1
+
+
+def test_info(capsys, manifest_path):
+    code, stdout, _ = run(capsys, "info", "--model", manifest_path)
+    assert code == 0
+    assert "VeloxSeg-test-threshold" in stdout and "SHA-256 verified" in stdout
+
+
+def test_no_command_is_a_usage_error(capsys):
+    assert run(capsys)[0] == 2
+
+
+def test_bad_option_value_is_a_usage_error(capsys, study):
+    ct, pet, out = study
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["segment", "--ct", str(ct), "--pet", str(pet), "--out", str(out / "o.nii.gz"), "--overlap", "1.5"])
+    assert exit_info.value.code == 2
+
+
+# --- batch ---------------------------------------------------------------------------------------------
+
+
+def test_find_study_inputs(tmp_path):
+    autopet = tmp_path / "autopet"
+    autopet.mkdir()
+    for name in ("CT.nii.gz", "CTres.nii.gz", "PET.nii.gz", "SUV.nii.gz", "SEG.nii.gz"):
+        (autopet / name).touch()
+    assert [p.name for p in find_study_inputs(autopet)] == ["CT.nii.gz", "SUV.nii.gz"]
+    ibsi = tmp_path / "ibsi"
+    ibsi.mkdir()
+    for name in ("CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz", "PET_GTV_mask.nii.gz"):
+        (ibsi / name).touch()
+    assert [p.name for p in find_study_inputs(ibsi)] == ["CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"]
+    dicom = tmp_path / "dicom"
+    (dicom / "CT").mkdir(parents=True)
+    (dicom / "PET").mkdir()
+    assert [p.name for p in find_study_inputs(dicom)] == ["CT", "PET"]
+    (ibsi / "CT_fullres.nii.gz").touch()
+    with pytest.raises(InputError, match="several CT"):
+        find_study_inputs(ibsi)
+
+
+def test_batch_continues_after_a_failure_and_skips_finished_studies(tmp_path, capsys, manifest_path, monkeypatch):
+    source = tmp_path / "in"
+    a = source / "A"
+    a.mkdir(parents=True)
+    shutil.copy(SMALL_STUDY / "ct.nii.gz", a / "CT.nii.gz")
+    shutil.copy(SMALL_STUDY / "ct.nii.gz", a / "CTres.nii.gz")
+    shutil.copy(SMALL_STUDY / "pet.nii.gz", a / "SUV.nii.gz")
+    shutil.copy(SMALL_STUDY / "ct.nii.gz", a / "PET.nii.gz")  # would fail the SUV check if picked
+    write_study(source / "B")
+    broken = source / "C"
+    broken.mkdir()
+    sitk.WriteImage(phantom([], kind="CT", **GRID), str(broken / "ct.nii.gz"))  # no PET
+    output = tmp_path / "out"
+
+    code, stdout, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path)
+    assert code == 2  # the worst failure was a bad input
+    rows = {r["study"]: r for r in csv.DictReader((output / "summary.csv").open())}
+    assert [rows[s]["status"] for s in "ABC"] == ["done", "done", "failed"]
+    assert "no PET" in rows["C"]["message"]
+    assert rows["A"]["ct"] == "CT.nii.gz" and rows["A"]["pet"] == "SUV.nii.gz"
+    assert int(rows["B"]["lesion_count"]) == 1
+    for study in "AB":
+        assert files_in(output / study) == {"lesions.nii.gz", "lesions.csv"}
+    assert not (output / "C").exists()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished study was segmented again")
+
+    monkeypatch.setattr(batch_module, "segment_study", must_not_run)
+    code, _, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path)
+    rerun = {r["study"]: r for r in csv.DictReader((output / "summary.csv").open())}
+    assert [rerun[s]["status"] for s in "ABC"] == ["skipped", "skipped", "failed"]
+    assert rerun["B"]["lesion_count"] == rows["B"]["lesion_count"]
+    assert float(rerun["A"]["total_mtv_ml"]) == pytest.approx(float(rows["A"]["total_mtv_ml"]), abs=1e-3)
+
+
+# --- bad inputs: a specific error, exit code, and nothing written ---------------------------------------
+
+
+def _bad_input(capsys, tmp_path, ct, pet, manifest_path, expected_code=2, extra=()):
+    out = tmp_path / "result"
+    out.mkdir(exist_ok=True)
+    code, stdout, err = run(
+        capsys,
+        "segment",
+        "--ct",
+        ct,
+        "--pet",
+        pet,
+        "--out",
+        out / "lesions.nii.gz",
+        "--stats",
+        out / "stats.csv",
+        "--model",
+        manifest_path,
+        *extra,
+    )
+    assert code == expected_code, err
+    assert files_in(out) == set(), "something was written"
+    return err
+
+
+def test_missing_file(tmp_path, capsys, study, manifest_path):
+    _, pet, _ = study
+    err = _bad_input(capsys, tmp_path, tmp_path / "absent.nii.gz", pet, manifest_path)
+    assert "CT file not found" in err
+
+
+def test_unreadable_file(tmp_path, capsys, study, manifest_path):
+    ct, _, _ = study
+    garbage = tmp_path / "pet.nii.gz"
+    garbage.write_bytes(b"this is not an image" * 50)
+    err = _bad_input(capsys, tmp_path, ct, garbage, manifest_path)
+    assert "cannot be read as an image" in err
+
+
+def test_pet_not_in_suv(tmp_path, capsys, study, manifest_path):
+    ct, _, _ = study
+    pet = phantom([LESION], kind="PET", **GRID)
+    bqml = sitk.Cast(pet * 5000.0, sitk.sitkFloat32)
+    sitk.WriteImage(bqml, str(tmp_path / "bqml.nii.gz"))
+    err = _bad_input(capsys, tmp_path, ct, tmp_path / "bqml.nii.gz", manifest_path)
+    assert "does not look like SUV" in err and "Bq/mL" in err
+
+
+def test_no_overlap(tmp_path, capsys, manifest_path):
+    far = dict(GRID, origin=(-80.0, -80.0, 900.0))
+    ct, pet = write_study(tmp_path / "in", pet=phantom([((10.0, -5.0, 960.0), 12.0, 9.0)], kind="PET", **far))
+    err = _bad_input(capsys, tmp_path, ct, pet, manifest_path)
+    assert "do not overlap" in err
+
+
+def test_2d_volume(tmp_path, capsys, study, manifest_path):
+    _, pet, _ = study
+    flat = sitk.GetImageFromArray(np.full((40, 40), 40, dtype=np.int16) - np.eye(40, dtype=np.int16) * 1000)
+    sitk.WriteImage(flat, str(tmp_path / "ct2d.nii.gz"))
+    err = _bad_input(capsys, tmp_path, tmp_path / "ct2d.nii.gz", pet, manifest_path)
+    assert "2D" in err
+
+
+def test_4d_volume(tmp_path, capsys, study, manifest_path):
+    ct, _, _ = study
+    frame = phantom([LESION], kind="PET", **GRID)
+    sitk.WriteImage(sitk.JoinSeries([frame, frame, frame]), str(tmp_path / "dynamic.nii.gz"))
+    err = _bad_input(capsys, tmp_path, ct, tmp_path / "dynamic.nii.gz", manifest_path)
+    assert "4D" in err
+
+
+@pytest.mark.parametrize("role", ["CT", "PET"])
+def test_label_map_as_input(tmp_path, capsys, study, manifest_path, role):
+    ct, pet, _ = study
+    labels = np.zeros((30, 40, 40), dtype=np.uint8)
+    labels[10:20, 10:20, 10:20] = 1
+    labels[2:5, 2:5, 2:5] = 2
+    sitk.WriteImage(make_image(labels, GRID["spacing"], GRID["origin"]), str(tmp_path / "seg.nii.gz"))
+    args = (tmp_path / "seg.nii.gz", pet) if role == "CT" else (ct, tmp_path / "seg.nii.gz")
+    err = _bad_input(capsys, tmp_path, *args, manifest_path)
+    assert "label map" in err and role in err
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_voxels(tmp_path, capsys, study, manifest_path, model, bad):
+    ct, _, _ = study
+    pet = sitk.GetArrayFromImage(phantom([LESION], kind="PET", **GRID))
+    pet[3, 4, 5] = bad
+    image = make_image(pet, GRID["spacing"], GRID["origin"])
+    sitk.WriteImage(image, str(tmp_path / "nan.nrrd"))  # ITK's NIfTI I/O turns NaN into 0; NRRD keeps it
+    err = _bad_input(capsys, tmp_path, ct, tmp_path / "nan.nrrd", manifest_path)
+    assert "NaN or infinite" in err
+    from VeloxSegSlicerLib.engine import segment_study
+
+    with pytest.raises(InputError, match="NaN or infinite"):  # the same check for images from memory
+        segment_study(sitk.ReadImage(str(ct)), image, model)
+
+
+def test_tampered_model(tmp_path, capsys, study, model_dir):
+    ct, pet, _ = study
+    for name in ("threshold.onnx", "threshold.json"):
+        shutil.copy(model_dir / name, tmp_path / name)
+    with open(tmp_path / "threshold.onnx", "ab") as stream:
+        stream.write(b"\0")
+    err = _bad_input(capsys, tmp_path, ct, pet, tmp_path / "threshold.json", expected_code=3)
+    assert "SHA-256" in err
+    assert run(capsys, "info", "--model", tmp_path / "threshold.json")[0] == 3
+
+
+def test_onnxruntime_missing(tmp_path, capsys, study, manifest_path, monkeypatch):
+    ct, pet, _ = study
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    err = _bad_input(capsys, tmp_path, ct, pet, manifest_path, expected_code=3)
+    assert "pip install onnxruntime" in err
+
+
+@pytest.mark.parametrize("target", ["missing_folder", "is_a_folder", "bad_extension", "read_only", "stats"])
+def test_output_not_writable_is_checked_before_the_run(tmp_path, capsys, study, manifest_path, monkeypatch, target):
+    ct, pet, out = study
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("inputs were read before the output was checked")
+
+    monkeypatch.setattr(cli, "read_image", must_not_read)
+    label, stats = out / "lesions.nii.gz", None
+    if target == "missing_folder":
+        label = out / "absent" / "lesions.nii.gz"
+    elif target == "is_a_folder":
+        label = out / "folder.nii.gz"
+        label.mkdir()
+    elif target == "bad_extension":
+        label = out / "lesions.png"
+    elif target == "stats":
+        stats = out / "absent" / "stats.csv"
+    else:
+        import tempfile
+
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", denied)  # root ignores chmod, so simulate a read-only folder
+    before = files_in(out)
+    args = ["segment", "--ct", ct, "--pet", pet, "--out", label, "--model", manifest_path]
+    if stats is not None:
+        args += ["--stats", stats]
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    assert files_in(out) == before
+
+
+# --- cancel and failures during the run ----------------------------------------------------------------
+
+
+def _patched_model(monkeypatch, behaviour):
+    real_load = cli.load_model
+
+    def load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        model.run = behaviour
+        return model
+
+    monkeypatch.setattr(cli, "load_model", load)
+
+
+def test_interrupt_during_inference_writes_nothing(tmp_path, capsys, study, manifest_path, monkeypatch):
+    ct, pet, out = study
+
+    def interrupted(batch):
+        raise KeyboardInterrupt
+
+    _patched_model(monkeypatch, interrupted)
+    code, _, err = run(
+        capsys,
+        "segment",
+        "--ct",
+        ct,
+        "--pet",
+        pet,
+        "--out",
+        out / "l.nii.gz",
+        "--stats",
+        out / "s.csv",
+        "--model",
+        manifest_path,
+    )
+    assert code == 130 and "Cancelled" in err
+    assert files_in(out) == set()
+
+
+def test_cancel_callback_writes_nothing(tmp_path, capsys, study, manifest_path):
+    ct, pet, out = study
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["segment", "--ct", str(ct), "--pet", str(pet), "--out", str(out / "l.nii.gz"), "--model", str(manifest_path)]
+    )
+    from VeloxSegSlicerLib.engine import Cancelled
+
+    with pytest.raises(Cancelled):
+        cli.command_segment(args, cancelled=lambda: True)
+    assert files_in(out) == set()
+
+
+def test_runtime_failure_writes_nothing(tmp_path, capsys, study, manifest_path, monkeypatch):
+    ct, pet, out = study
+
+    def broken(batch):
+        raise RuntimeError("onnxruntime exploded")
+
+    _patched_model(monkeypatch, broken)
+    code, _, err = run(capsys, "segment", "--ct", ct, "--pet", pet, "--out", out / "l.nii.gz", "--model", manifest_path)
+    assert code == 4 and "onnxruntime exploded" in err
+    assert files_in(out) == set()
+
+
+def test_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, study, manifest_path, monkeypatch):
+    ct, pet, out = study
+    from VeloxSegSlicerLib.engine import outputs
+
+    def disk_full(lesions, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "write_stats_csv", disk_full)
+    code, _, err = run(
+        capsys,
+        "segment",
+        "--ct",
+        ct,
+        "--pet",
+        pet,
+        "--out",
+        out / "l.nii.gz",
+        "--stats",
+        out / "s.csv",
+        "--model",
+        manifest_path,
+    )
+    assert code == 4 and "No space left" in err
+    assert files_in(out) == set()

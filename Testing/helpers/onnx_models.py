@@ -1,0 +1,113 @@
+"""Tiny deterministic ONNX models + manifests for fast tests (shared by the engine and Slicer tests).
+
+The model follows the contract in docs/architecture.md: input ``image`` float32 (N, 2, P, P, P),
+output ``logits`` float32 (N, 2, P, P, P). It is a pure threshold on the PET channel:
+
+    lesion logit     = normalised PET - threshold
+    background logit = -(normalised PET - threshold)
+
+With the manifest's PET normalisation (clip 0..30, mean 0, std 1) the normalised PET is the SUV, so
+the argmax marks exactly the voxels with SUV > threshold: tests can predict the result with numpy.
+
+Import it by file path, e.g. ``sys.path.insert(0, str(TESTING / "helpers")); import onnx_models``.
+Never put ``Testing/`` itself on sys.path: ``Testing/slicer/`` would then be merged into slicer-core's
+``slicer`` namespace package (it scans every ``slicer/`` folder on sys.path) and its test files
+imported as ``slicer.*`` modules.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False, opset=17):
+    """Write the threshold model to ``path`` (an .onnx file) and return the path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    batch = "N" if dynamic_batch else 1
+    shape = [batch, 2, patch, patch, patch]
+    nodes = [
+        # channel 1 (PET), kept as a 1-channel 5D tensor
+        helper.make_node("Gather", ["image", "pet_index"], ["pet"], axis=1),
+        helper.make_node("Sub", ["pet", "threshold"], ["lesion"]),
+        helper.make_node("Neg", ["lesion"], ["background"]),
+        helper.make_node("Concat", ["background", "lesion"], ["logits"], axis=1),
+    ]
+    initializers = [
+        helper.make_tensor("pet_index", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("threshold", TensorProto.FLOAT, [], [float(suv_threshold)]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "veloxseg_test_threshold",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+                              producer_name="veloxseg-tests")
+    model.ir_version = 8  # readable by every onnxruntime >= 1.14
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_manifest(onnx_path, spacing_xyz_mm=(4.0, 4.0, 4.0), patch=96, dynamic_batch=False,
+                   model_name="VeloxSegTestThreshold", opset=17):
+    """Write ``<name>.json`` beside ``onnx_path`` with the architecture.md fields; return its path."""
+    onnx_path = Path(onnx_path)
+    manifest = {
+        "format": "veloxseg-manifest/1",
+        "model_name": model_name,
+        "model_version": "0.0.0-test",
+        "onnx_file": onnx_path.name,
+        "onnx_sha256": _sha256(onnx_path),
+        "opset": opset,
+        "input_name": "image",
+        "output_name": "logits",
+        "dynamic_batch": bool(dynamic_batch),
+        "patch_size_zyx": [patch, patch, patch],
+        "spacing_xyz_mm": [float(s) for s in spacing_xyz_mm],
+        "modalities": ["CT", "PET"],
+        "class_names": ["background", "lesion"],
+        "normalization": {
+            "CT": {"clip_low": -1000.0, "clip_high": 1000.0, "mean": 0.0, "std": 1.0, "unit": "HU"},
+            "PET": {"clip_low": 0.0, "clip_high": 30.0, "mean": 0.0, "std": 1.0, "unit": "SUVbw"},
+        },
+        "provenance": {
+            "checkpoint": "none (hand-built threshold graph)",
+            "checkpoint_sha256": "",
+            "data": "none",
+            "git_commit": "",
+            "created": "1970-01-01T00:00:00Z",
+            "exporter": "Testing/helpers/onnx_models.py",
+        },
+    }
+    manifest_path = onnx_path.with_suffix(".json")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest_path
+
+
+def build_threshold_model(out_dir, suv_threshold=2.5, spacing_xyz_mm=(4.0, 4.0, 4.0), patch=96,
+                          dynamic_batch=False, name="threshold"):
+    """Build ``out_dir/<name>.onnx`` + ``<name>.json``; return the manifest path."""
+    onnx_path = build_threshold_onnx(Path(out_dir) / f"{name}.onnx", suv_threshold, patch, dynamic_batch)
+    return write_manifest(onnx_path, spacing_xyz_mm, patch, dynamic_batch)
+
+
+def expected_lesion_mask(pet_suv, suv_threshold=2.5):
+    """What the threshold model marks, for an SUV array already on the model grid."""
+    return np.clip(pet_suv, 0.0, 30.0) > suv_threshold

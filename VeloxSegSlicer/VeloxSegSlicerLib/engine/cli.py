@@ -1,0 +1,227 @@
+"""`veloxseg`: segment one PET/CT study, a folder of studies, or show the model.
+
+Exit codes: 0 success; 2 usage error or bad input; 3 model problem (missing, tampered, onnxruntime
+missing); 4 runtime failure; 130 cancelled or interrupted. Nothing is written when a run fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import traceback
+
+from . import batch as batch_module
+from .errors import Cancelled, InputError, ModelError, VeloxSegError
+from .imageio import read_image
+from .manifest import load_manifest, verify_model_file
+from .outputs import AtomicOutputs, check_label_path, check_writable
+from .pipeline import SegmentOptions, segment_study
+from .progress import ProgressBar
+from .runtime import load_model
+from .suv import read_pet_suv
+
+EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 130
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0 = all cores), got {text!r}")
+    return value
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _volume(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of mL >= 0, got {text!r}")
+    return value
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_threads, default=1, metavar="N", help="CPU threads (default 1, 0 = all)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu needs onnxruntime-gpu")
+    parser.add_argument(
+        "--overlap", type=_overlap, default=0.25, metavar="F", help="sliding-window overlap (default 0.25)"
+    )
+    parser.add_argument(
+        "--min-lesion-ml", type=_volume, default=0.0, metavar="X", help="drop lesions smaller than X mL (default 0)"
+    )
+    parser.add_argument("--model", metavar="MANIFEST", help="model manifest .json (default: the bundled model)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veloxseg",
+        description="Fast PET/CT lesion segmentation (VeloxSeg, ONNX Runtime).",
+        epilog="Exit codes: 0 ok, 2 bad input or usage, 3 model problem, 4 runtime failure, 130 cancelled.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    segment = sub.add_parser(
+        "segment",
+        help="segment one study",
+        description="Segment lesions in one PET/CT study. CT and PET: NIfTI, NRRD, MHA or a DICOM series folder "
+        "(a DICOM PET is converted to SUVbw from its header; a file PET must already be SUV).",
+    )
+    segment.add_argument("--ct", required=True, help="CT volume (HU)")
+    segment.add_argument("--pet", required=True, help="PET volume (SUVbw) or DICOM PET series folder")
+    segment.add_argument("--out", required=True, help="label image on the CT grid (.nii.gz, .nii, .nrrd, .mha)")
+    _add_run_options(segment)
+    segment.add_argument("--stats", metavar="STATS.csv", help="write per-lesion statistics to this CSV")
+
+    batch = sub.add_parser(
+        "batch",
+        help="segment every study subfolder of a folder",
+        description="Segment one study per subfolder of --input.",
+        epilog=batch_module.__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    batch.add_argument("--input", required=True, metavar="DIR", help="folder with one subfolder per study")
+    batch.add_argument("--output", required=True, metavar="DIR", help="results folder (created if missing)")
+    _add_run_options(batch)
+
+    info = sub.add_parser("info", help="print the model manifest and check the model file")
+    info.add_argument("--model", metavar="MANIFEST", help="model manifest .json (default: the bundled model)")
+    return parser
+
+
+def _load_model(args):
+    model = load_model(args.model, device=args.device, threads=args.threads)
+    if model.fallback_reason:
+        print(f"warning: {model.fallback_reason}", file=sys.stderr)
+    return model
+
+
+def _options(args) -> SegmentOptions:
+    return SegmentOptions(overlap=args.overlap, min_lesion_ml=args.min_lesion_ml)
+
+
+def command_segment(args, cancelled=None) -> int:
+    out = check_label_path(args.out)  # before any work: a long run must not fail at the very end
+    stats = check_writable(args.stats, "Statistics file", (".csv",)) if args.stats else None
+    if stats is not None and stats.resolve() == out.resolve():
+        raise InputError("--stats and --out name the same file.")
+    ct = read_image(args.ct, "CT")
+    pet = read_pet_suv(args.pet)
+    model = _load_model(args)
+    bar = ProgressBar()
+    started = time.perf_counter()
+    try:
+        result = segment_study(ct, pet, model, _options(args), progress=bar, cancelled=cancelled)
+    finally:
+        bar.close()
+    del pet
+    with AtomicOutputs() as outputs:
+        outputs.write_label(result.label_ct, out)
+        if stats is not None:
+            outputs.write_stats(result.lesions, stats)
+    totals = result.totals
+    print(
+        f"{totals.lesion_count} lesion(s), total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
+        f"{totals.total_tlg:.2f}; {result.windows_run} patches on {result.device} in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    for lesion in result.lesions:
+        r, a, s = lesion.centroid_ras_mm
+        print(
+            f"  lesion {lesion.id}: MTV {lesion.mtv_ml:.2f} mL, SUVmax {lesion.suv_max:.2f}, SUVpeak "
+            f"{lesion.suv_peak:.2f}, SUVmean {lesion.suv_mean:.2f}, TLG {lesion.tlg:.2f}, "
+            f"centroid RAS ({r:.1f}, {a:.1f}, {s:.1f}) mm"
+        )
+    print(f"wrote {out}" + (f" and {stats}" if stats is not None else ""))
+    return EXIT_OK
+
+
+def command_batch(args, cancelled=None) -> int:
+    model = _load_model(args)
+    return batch_module.run_batch(
+        args.input,
+        args.output,
+        model,
+        _options(args),
+        progress_factory=lambda prefix: ProgressBar(prefix=prefix),
+        cancelled=cancelled,
+    )
+
+
+def command_info(args) -> int:
+    manifest = load_manifest(args.model)
+    print(f"manifest: {manifest.path}")
+    print(json.dumps(manifest.raw, indent=2))
+    try:
+        verify_model_file(manifest)
+        print(f"model file: {manifest.onnx_path} (SHA-256 verified)")
+        status = EXIT_OK
+    except ModelError as exc:
+        print(f"model file: NOT USABLE: {exc}")
+        status = EXIT_MODEL
+    try:
+        import onnxruntime
+
+        print(f"onnxruntime {onnxruntime.__version__}, providers: {', '.join(onnxruntime.get_available_providers())}")
+    except ImportError:
+        print("onnxruntime: not installed (pip install onnxruntime)")
+    return status
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_INPUT
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` cancels cleanly like Ctrl-C
+    try:
+        if args.command == "segment":
+            return command_segment(args)
+        if args.command == "batch":
+            return command_batch(args)
+        return command_info(args)
+    except (Cancelled, KeyboardInterrupt):
+        print("\nCancelled; no output written.", file=sys.stderr)
+        return EXIT_CANCELLED
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except ModelError as exc:
+        print(f"model error: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except VeloxSegError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except MemoryError:
+        print("error: out of memory. Close other programs or use a machine with more RAM.", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as exc:  # report, with the trace, anything unforeseen as a runtime failure
+        traceback.print_exc(file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""Model manifest (`<name>.json` beside `<name>.onnx`): loading, validation and the file hash check.
+
+The manifest carries everything model-specific (grid spacing, patch size, normalisation constants, tensor
+names), so the engine hard-codes none of it. Format: docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+MANIFEST_FORMAT = "veloxseg-manifest/1"
+NORMALIZATION_KEYS = ("clip_low", "clip_high", "mean", "std")
+
+
+def default_manifest_path() -> Path:
+    """The model bundled with the Slicer module: <module dir>/Resources/Models/veloxseg.json."""
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models" / "veloxseg.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    model_name: str
+    model_version: str
+    onnx_path: Path
+    onnx_sha256: str
+    input_name: str
+    output_name: str
+    dynamic_batch: bool
+    patch_size_zyx: tuple
+    spacing_xyz_mm: tuple
+    modalities: tuple
+    class_names: tuple
+    normalization: dict
+    opset: Any = None
+    provenance: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+
+def _fail(path: Path, what: str) -> ModelError:
+    return ModelError(
+        f"Model manifest {path} is invalid: {what}. Use the .json written by `veloxseg-train export` "
+        "next to its .onnx file."
+    )
+
+
+def _number_list(path: Path, data: dict, key: str, length: int, positive: bool) -> tuple:
+    value = data.get(key)
+    if not isinstance(value, list) or len(value) != length:
+        raise _fail(path, f"'{key}' must be a list of {length} numbers")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+            raise _fail(path, f"'{key}' must be a list of {length} numbers")
+        if positive and item <= 0:
+            raise _fail(path, f"'{key}' must hold positive numbers")
+    return tuple(value)
+
+
+def _string(path: Path, data: dict, key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise _fail(path, f"'{key}' is missing or not a string")
+    return value
+
+
+def _normalization(path: Path, data: dict) -> dict:
+    norm = data.get("normalization")
+    if not isinstance(norm, dict):
+        raise _fail(path, "'normalization' is missing")
+    result = {}
+    for modality in ("CT", "PET"):
+        params = norm.get(modality)
+        if not isinstance(params, dict):
+            raise _fail(path, f"'normalization.{modality}' is missing")
+        clean = {}
+        for key in NORMALIZATION_KEYS:
+            value = params.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise _fail(path, f"'normalization.{modality}.{key}' must be a finite number")
+            clean[key] = float(value)
+        if clean["clip_low"] >= clean["clip_high"]:
+            raise _fail(path, f"'normalization.{modality}': clip_low must be below clip_high")
+        if clean["std"] <= 0:
+            raise _fail(path, f"'normalization.{modality}.std' must be positive")
+        result[modality] = clean
+    return result
+
+
+def load_manifest(manifest_path=None) -> Manifest:
+    """Read and validate a manifest; None means the bundled model. Raises ModelError."""
+    path = Path(manifest_path) if manifest_path is not None else default_manifest_path()
+    if path.is_dir():
+        path = path / "veloxseg.json"
+    if not path.is_file():
+        hint = (
+            "The bundled model is missing from this installation; reinstall the extension or pass --model."
+            if manifest_path is None
+            else "Check the path given with --model (it must be the model's .json manifest)."
+        )
+        raise ModelError(f"Model manifest not found: {path}. {hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"cannot be read as JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise _fail(path, "the top level must be a JSON object")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise _fail(path, f"'format' is {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+
+    sha = _string(path, data, "onnx_sha256").lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _fail(path, "'onnx_sha256' must be 64 hexadecimal digits")
+    patch = _number_list(path, data, "patch_size_zyx", 3, positive=True)
+    if any(int(p) != p for p in patch):
+        raise _fail(path, "'patch_size_zyx' must hold integers")
+    modalities = tuple(data.get("modalities") or ())
+    if modalities != ("CT", "PET"):
+        raise _fail(path, f"'modalities' is {list(modalities)}, this engine feeds ['CT', 'PET']")
+    class_names = data.get("class_names")
+    if not isinstance(class_names, list) or len(class_names) != 2:
+        raise _fail(path, "'class_names' must list 2 classes (background, lesion)")
+    provenance = data.get("provenance")
+
+    return Manifest(
+        path=path,
+        model_name=str(data.get("model_name", "VeloxSeg")),
+        model_version=str(data.get("model_version", "unknown")),
+        onnx_path=path.parent / _string(path, data, "onnx_file"),
+        onnx_sha256=sha,
+        input_name=_string(path, data, "input_name"),
+        output_name=_string(path, data, "output_name"),
+        dynamic_batch=bool(data.get("dynamic_batch", False)),
+        patch_size_zyx=tuple(int(p) for p in patch),
+        spacing_xyz_mm=tuple(float(s) for s in _number_list(path, data, "spacing_xyz_mm", 3, positive=True)),
+        modalities=modalities,
+        class_names=tuple(str(c) for c in class_names),
+        normalization=_normalization(path, data),
+        opset=data.get("opset"),
+        provenance=provenance if isinstance(provenance, dict) else {},
+        raw=data,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model_file(manifest: Manifest) -> None:
+    """Refuse a model file whose SHA-256 differs from the manifest (corrupted download, tampering)."""
+    if not manifest.onnx_path.is_file():
+        raise ModelError(
+            f"Model file {manifest.onnx_path} named in {manifest.path} is missing; "
+            "reinstall the model (both the .onnx and its .json)."
+        )
+    try:
+        actual = file_sha256(manifest.onnx_path)
+    except OSError as exc:
+        raise ModelError(f"Cannot read model file {manifest.onnx_path}: {exc}") from exc
+    if actual != manifest.onnx_sha256:
+        raise ModelError(
+            f"Model file {manifest.onnx_path} fails its integrity check: SHA-256 is {actual}, the manifest "
+            f"expects {manifest.onnx_sha256}. The file is corrupted or was modified; reinstall the model "
+            "(both the .onnx and its .json) and do not edit either."
+        )

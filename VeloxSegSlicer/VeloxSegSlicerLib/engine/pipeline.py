@@ -1,0 +1,188 @@
+"""segment_study: CT + PET (SUV) -> lesion label maps on the CT and PET grids + statistics.
+
+Stages and their share of the progress bar: Resampling (body crop, resampling onto the model grid,
+normalisation), Inference (sliding window), Post-processing (components, back onto the CT/PET grids,
+minimum volume), Statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813  (the conventional alias)
+
+from .checks import check_inputs
+from .errors import Cancelled, InputError
+from .postprocess import label_maps
+from .preprocess import (
+    CT_AIR_HU,
+    CT_BODY_HU,
+    PET_BODY_SUV,
+    PET_OUTSIDE,
+    Grid,
+    normalize_in_place,
+    resample_to_model_grid,
+)
+from .sliding_window import sliding_window_logit_diff
+from .statistics import StudyTotals, lesion_statistics, study_totals
+
+# stage -> (start, end) of the overall progress fraction
+STAGES = {
+    "Resampling": (0.0, 0.1),
+    "Inference": (0.1, 0.9),
+    "Post-processing": (0.9, 0.97),
+    "Statistics": (0.97, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    overlap: float = 0.25
+    blending: str = "uniform"  # "uniform" (as the reference) or "gaussian"
+    min_lesion_ml: float = 0.0
+    skip_air_windows: bool = True  # windows without any body voxel are not run
+
+    def validate(self) -> None:
+        if not (isinstance(self.overlap, numbers.Real) and 0.0 <= self.overlap < 1.0):
+            raise InputError(f"overlap must be in [0, 1), got {self.overlap!r}.")
+        if self.blending not in ("uniform", "gaussian"):
+            raise InputError(f"blending must be 'uniform' or 'gaussian', got {self.blending!r}.")
+        if not (isinstance(self.min_lesion_ml, numbers.Real) and math.isfinite(self.min_lesion_ml)):
+            raise InputError(f"min_lesion_ml must be a number, got {self.min_lesion_ml!r}.")
+        if self.min_lesion_ml < 0:
+            raise InputError(f"min_lesion_ml must be >= 0, got {self.min_lesion_ml}.")
+
+
+@dataclass
+class SegmentationResult:
+    label_ct: sitk.Image  # uint16 lesion ids (0 = background) on the CT grid
+    label_pet: sitk.Image  # the same ids on the PET grid
+    lesions: list  # LesionStats, one per id, ascending
+    totals: StudyTotals
+    model_grid: Grid = None  # the cropped grid the network ran on
+    windows_run: int = 0
+    device: str = "cpu"
+    fallback_reason: str = None
+    seconds: dict = field(default_factory=dict)  # per stage
+
+
+class _Progress:
+    """Maps stage-local fractions to the overall fraction and checks for cancellation."""
+
+    def __init__(self, callback, cancelled):
+        self.callback = callback
+        self.cancelled = cancelled
+        self.stage = None
+        self.started = time.perf_counter()
+        self.seconds = {}
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("Segmentation cancelled.")
+
+    def enter(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.stage is not None:
+            self.seconds[self.stage] = now - self.started
+        self.stage, self.started = stage, now
+        self.check()
+        self.report(0.0)
+
+    def report(self, fraction: float) -> None:
+        if self.callback is not None:
+            start, end = STAGES[self.stage]
+            self.callback(start + (end - start) * min(max(fraction, 0.0), 1.0), self.stage)
+
+    def finish(self) -> None:
+        self.seconds[self.stage] = time.perf_counter() - self.started
+        if self.callback is not None:
+            self.callback(1.0, self.stage)
+
+
+def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, cancelled=None):
+    """Segment lesions in a CT (HU) + PET (SUVbw) study with a model from load_model().
+
+    progress(fraction, stage) is called often (fraction 0-1 overall); cancelled() is polled between
+    patches and stages and makes this raise Cancelled. Returns a SegmentationResult.
+    """
+    options = options or SegmentOptions()
+    options.validate()
+    steps = _Progress(progress, cancelled)
+    manifest = model.manifest
+    threads = model.threads
+
+    steps.enter("Resampling")
+    check_inputs(ct_image, pet_suv_image)
+    on_grid = resample_to_model_grid(
+        ct_image, pet_suv_image, manifest.spacing_xyz_mm, manifest.patch_size_zyx, threads=threads
+    )
+    steps.check()
+    grid = on_grid.grid
+    ct = sitk.GetArrayFromImage(on_grid.ct)
+    pet = sitk.GetArrayFromImage(on_grid.pet)
+    del on_grid  # the arrays are copies; drop the images now
+    body = (ct > CT_BODY_HU) | (pet > PET_BODY_SUV) if options.skip_air_windows else None
+    normalize_in_place(ct, manifest.normalization["CT"])
+    normalize_in_place(pet, manifest.normalization["PET"])
+    steps.report(1.0)
+
+    steps.enter("Inference")
+    windows = [0]
+
+    def run_patch(batch):
+        windows[0] += 1
+        return model.run(batch)
+
+    pad_values = (
+        _normalized(CT_AIR_HU, manifest.normalization["CT"]),
+        _normalized(PET_OUTSIDE, manifest.normalization["PET"]),
+    )
+    logit_diff = sliding_window_logit_diff(
+        ct,
+        pet,
+        run_patch,
+        manifest.patch_size_zyx,
+        options.overlap,
+        options.blending,
+        body=body,
+        pad_values=pad_values,
+        progress=steps.report,
+        cancelled=cancelled,
+    )
+    del ct, pet, body
+
+    steps.enter("Post-processing")
+    label_ct, label_pet = label_maps(
+        logit_diff,
+        grid,
+        ct_image,
+        pet_suv_image,
+        options.min_lesion_ml,
+        threads,
+        progress=steps.report,
+        cancelled=cancelled,
+    )
+    del logit_diff
+
+    steps.enter("Statistics")
+    lesions = lesion_statistics(label_pet, pet_suv_image)
+    steps.finish()
+    return SegmentationResult(
+        label_ct=label_ct,
+        label_pet=label_pet,
+        lesions=lesions,
+        totals=study_totals(lesions),
+        model_grid=grid,
+        windows_run=windows[0],
+        device=model.device,
+        fallback_reason=model.fallback_reason,
+        seconds=dict(steps.seconds),
+    )
+
+
+def _normalized(value: float, params: dict) -> float:
+    return float(normalize_in_place(np.array([value], dtype=np.float32), params)[0])
