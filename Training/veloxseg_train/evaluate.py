@@ -72,6 +72,7 @@ class TorchModel:
         self.network.to(self.torch_device)
         if threads and self.torch_device.type == "cpu":
             torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)  # denormals slow real-data CPU inference ~10x (see trainer.py)
         extra = payload.get("extra") or {}
         spacing = spacing_xyz_mm or extra.get("spacing_xyz_mm")
         self.spacing_note = "" if spacing else (
@@ -113,29 +114,18 @@ def load_any_model(path: str | Path, device: str = "cpu", threads: int = 1,
 
 
 # --------------------------------------------------------------------------- cases
-def _image(array: np.ndarray, spacing, origin, direction) -> sitk.Image:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(o) for o in origin])
-    image.SetDirection([float(d) for d in np.asarray(direction).ravel()])
-    return image
-
-
 def _prepared_cases(root: Path, split: Optional[str]) -> Iterator[EvalCase]:
-    from .training_data import load_arrays, read_dataset
+    from .training_data import check_case, read_case, read_dataset
 
     dataset = read_dataset(root)
     cases = [c for c in dataset.cases if split is None or c.split == split]
     if not cases:
         raise EvaluationError(f"{root}: no cases" + (f" in split '{split}'" if split else ""))
     for case in cases:
-        ct, pet, label = load_arrays(case)
-        with np.load(case.file) as archive:
-            spacing = archive["spacing"] if "spacing" in archive.files else dataset.spacing_xyz_mm
-            origin = archive["origin"] if "origin" in archive.files else (0.0, 0.0, 0.0)
-            direction = archive["direction"] if "direction" in archive.files else np.eye(3)
-        yield EvalCase(case.name, case.source or "prepared", _image(ct, spacing, origin, direction),
-                       _image(pet, spacing, origin, direction), _image(label, spacing, origin, direction))
+        prepared = read_case(case)
+        check_case(case.name, prepared.ct, prepared.pet, prepared.label, case.shape_zyx, case.lesion_free)
+        yield EvalCase(case.name, case.source or "prepared", prepared.to_image(prepared.ct),
+                       prepared.to_image(prepared.pet), prepared.to_image(prepared.label))
 
 
 def iter_cases(root: str | Path, split: Optional[str] = None) -> Iterator[EvalCase]:

@@ -69,7 +69,7 @@ def plot_run(out_dir: str | Path) -> List[Path]:
             ax.set_xlabel("step")
         axes[0, 0].legend(fontsize=8)
         fig.suptitle("training losses (seg = deep-supervised CE + Dice; recon, sdkt unweighted)")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.25, hspace=0.25)
         path = plot_dir / "losses.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
@@ -92,7 +92,7 @@ def plot_run(out_dir: str | Path) -> List[Path]:
         right.legend(fontsize=8)
         right.grid(alpha=0.3)
         fig.suptitle("validation")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.2)
         path = plot_dir / "validation.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)

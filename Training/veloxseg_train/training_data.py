@@ -6,14 +6,12 @@ problem. Nothing is skipped silently.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-DATASET_FORMAT = "veloxseg-prepared/1"
 AIR_HU = -1000.0  # CT value used to pad volumes smaller than a crop
 
 
@@ -74,17 +72,18 @@ class PreparedDataset:
 
 
 def read_dataset(root: str | Path) -> PreparedDataset:
-    """Parse PREP/dataset.json and check that it describes a usable data set."""
+    """Parse PREP/dataset.json (through the data package's reader) and check it describes a usable set."""
+    from .data.prepared import load_dataset
+
     root = Path(root)
     path = root / "dataset.json"
-    if not path.is_file():
-        raise DataError(f"No prepared data set at {root}: {path.name} is missing (run `veloxseg-train prepare`)")
     try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path} is not valid JSON: {error}") from None
-    if document.get("format") != DATASET_FORMAT:
-        raise DataError(f"{path}: format is {document.get('format')!r}, expected {DATASET_FORMAT!r}")
+        document = load_dataset(root)
+    except FileNotFoundError:
+        raise DataError(f"No prepared data set at {root}: {path.name} is missing (run `veloxseg-train prepare`)"
+                        ) from None
+    except ValueError as error:  # includes JSON syntax errors
+        raise DataError(f"{path}: {error}") from None
     for key in ("spacing_xyz_mm", "cases", "normalization"):
         if key not in document:
             raise DataError(f"{path}: missing '{key}'")
@@ -109,18 +108,29 @@ def read_dataset(root: str | Path) -> PreparedDataset:
                            cases)
 
 
-def load_arrays(case: CaseInfo) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CT (HU), PET (SUV), label of a case, checked: present, same shape, finite, binary, as described."""
+def read_case(case: CaseInfo):
+    """The data package's PreparedCase (arrays + grid) of a case; unreadable or incomplete files are DataErrors."""
+    from .data.prepared import load_case
+
     if not case.file.is_file():
         raise DataError(f"Case {case.name}: file {case.file} not found (listed in dataset.json)")
     with np.load(case.file) as archive:
         missing = [key for key in ("ct", "pet", "label") if key not in archive.files]
-        if missing:
-            what = ", ".join({"ct": "CT", "pet": "PET", "label": "the label"}[k] for k in missing)
-            raise DataError(f"Case {case.name}: missing {what} (no {', '.join(missing)} array in {case.file.name})")
-        ct = np.asarray(archive["ct"], dtype=np.float32)
-        pet = np.asarray(archive["pet"], dtype=np.float32)
-        label = np.asarray(archive["label"])
+    if missing:
+        what = " and ".join({"ct": "CT", "pet": "PET", "label": "the label"}[k] for k in missing)
+        raise DataError(f"Case {case.name}: missing {what} (no {', '.join(missing)} array in {case.file.name})")
+    try:
+        return load_case(case.file.parent, {"name": case.name, "file": case.file.name})
+    except (KeyError, ValueError, OSError) as error:
+        raise DataError(f"Case {case.name}: cannot read {case.file}: {error}") from None
+
+
+def load_arrays(case: CaseInfo) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CT (HU), PET (SUV), label of a case, checked: present, same shape, finite, binary, as described."""
+    prepared = read_case(case)
+    ct = np.asarray(prepared.ct, dtype=np.float32)
+    pet = np.asarray(prepared.pet, dtype=np.float32)
+    label = np.asarray(prepared.label)
     check_case(case.name, ct, pet, label, case.shape_zyx, case.lesion_free)
     return ct, pet, (label > 0).astype(np.uint8)
 

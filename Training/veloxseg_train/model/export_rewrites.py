@@ -1,9 +1,9 @@
 """Export-time rewrites: the same functions as the training modules, in forms ONNX Runtime runs faster.
 
-ONNX Runtime's CPU Conv lowers a 3-D convolution to a generic N-d im2col, which is slow for the 5x5x5
-grouped convolutions of the JLC blocks. A stride-1 3-D convolution equals a sum over kernel depth of
-2-D convolutions of neighbouring depth slices; ORT runs 2-D convolutions on its optimised path, so the
-exported graph uses that form. Results agree to float32 rounding; training keeps plain Conv3d.
+ONNX Runtime's CPU Conv lowers a 3-D convolution to a generic N-d im2col, which is slow for the 7x7x7
+stride-4 stem of the conv encoder; as one strided 2-D convolution per kernel depth it runs on ORT's
+optimised 2-D path. (The JLC blocks already use depth-sliced convolutions in the model itself.) Results
+agree to float32 rounding; training keeps the plain Conv3d stem, for which PyTorch has a fast kernel.
 """
 
 from __future__ import annotations
@@ -15,39 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import DownConv
-from .jlc import GroupConvBranch
-
-
-class DepthSlicedConv3d(nn.Module):
-    """A stride-1, 'same'-padded (grouped) Conv3d computed as 2-D convolutions over depth slices."""
-
-    def __init__(self, conv: nn.Conv3d):
-        super().__init__()
-        out_channels, in_per_group, kd, kh, kw = conv.weight.shape
-        if conv.stride != (1, 1, 1) or conv.padding != (kd // 2, kh // 2, kw // 2) or kd % 2 == 0:
-            raise ValueError("only stride-1, odd-kernel, same-padded convolutions can be rewritten")
-        self.groups, self.depth_kernel, self.out_channels = conv.groups, kd, out_channels
-        self.padding = (kh // 2, kw // 2)
-        per_group = out_channels // conv.groups
-        # 2-D weight with output channels ordered (group, kernel depth, channel): groups stay contiguous
-        weight = conv.weight.detach().reshape(conv.groups, per_group, in_per_group, kd, kh, kw)
-        weight = weight.permute(0, 3, 1, 2, 4, 5).reshape(conv.groups * kd * per_group, in_per_group, kh, kw)
-        self.register_buffer("weight", weight.contiguous())
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out_channels)
-        self.register_buffer("bias", bias.reshape(1, out_channels, 1, 1, 1).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        k, pad = self.depth_kernel, self.depth_kernel // 2
-        x = F.pad(x, (0, 0, 0, 0, pad, pad))  # zero depth slices, so every shifted view below is in range
-        slices = x.reshape(b, c, d + 2 * pad, h * w).transpose(1, 2).reshape(b * (d + 2 * pad), c, h, w)
-        y = F.conv2d(slices, self.weight, padding=self.padding, groups=self.groups)
-        y = y.reshape(b, d + 2 * pad, self.groups, k, self.out_channels // self.groups, h * w)
-        out = y[:, 0:d, :, 0]
-        for i in range(1, k):  # output slice z gathers kernel depth i from input slice z + i - pad
-            out = out + y[:, i:i + d, :, i]
-        out = out.reshape(b, d, self.out_channels, h * w).transpose(1, 2)
-        return out.reshape(b, self.out_channels, d, h, w) + self.bias
 
 
 class StridedDepthSlicedConv3d(nn.Module):
@@ -85,12 +52,9 @@ class StridedDepthSlicedConv3d(nn.Module):
 
 
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
-    """A copy of `model` whose slow-in-ORT convolutions are depth-sliced: the JLC branches with kernel
-    >= min_kernel and the strided stem of the conv encoder."""
+    """A copy of `model` whose strided convolutions with kernel >= min_kernel (the stem) are depth-sliced."""
     model = copy.deepcopy(model)
     for module in model.modules():
-        if isinstance(module, GroupConvBranch) and module.conv.kernel_size[0] >= min_kernel:
-            module.conv = DepthSlicedConv3d(module.conv)
-        elif isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
+        if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)
     return model

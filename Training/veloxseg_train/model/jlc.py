@@ -12,10 +12,15 @@ import torch
 from torch import nn
 
 from .layers import conv1x1, instance_norm
+from .sliced_conv import depth_sliced_conv3d
 
 
 class GroupConvBranch(nn.Module):
-    """Grouped Conv3d C -> C (kernel k, 'same' padding) + IN + GELU."""
+    """Grouped Conv3d C -> C (kernel k, 'same' padding) + IN + GELU.
+
+    The convolution is evaluated slice by slice in 2-D (`depth_sliced_conv3d`), several times faster on
+    CPU than PyTorch's grouped Conv3d; `self.conv` holds the weights in the usual Conv3d layout.
+    """
 
     def __init__(self, channels: int, kernel_size: int, groups: int):
         super().__init__()
@@ -24,7 +29,7 @@ class GroupConvBranch(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.conv(x)))
+        return self.act(self.norm(depth_sliced_conv3d(x, self.conv.weight, self.conv.bias, self.conv.groups)))
 
 
 class ChannelMLP(nn.Module):

@@ -1,0 +1,108 @@
+"""Metrics against hand-worked cases, including the empty-set conventions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from veloxseg_train.metrics import (
+    case_metrics,
+    dice,
+    false_negative_volume,
+    false_positive_volume,
+    hd95,
+    precision,
+    recall,
+    summarize,
+)
+
+SPACING = (3.0, 2.0, 2.0)  # z, y, x mm
+VOXEL_ML = 12.0 / 1000
+
+
+def _mask(shape=(10, 10, 10), *voxels):
+    mask = np.zeros(shape, dtype=bool)
+    for v in voxels:
+        mask[v] = True
+    return mask
+
+
+def test_overlap_metrics_by_hand():
+    pred = _mask((4, 4, 4), (0, 0, 0), (0, 0, 1))
+    truth = _mask((4, 4, 4), (0, 0, 1), (0, 0, 2), (0, 0, 3))
+    assert dice(pred, truth) == pytest.approx(2 * 1 / 5)
+    assert precision(pred, truth) == pytest.approx(1 / 2)
+    assert recall(pred, truth) == pytest.approx(1 / 3)
+
+
+def test_empty_set_conventions():
+    empty = np.zeros((4, 5, 6), dtype=bool)
+    one = _mask((4, 5, 6), (1, 1, 1))
+    assert dice(empty, empty) == 1.0 and hd95(empty, empty, SPACING) == 0.0
+    assert math.isnan(precision(empty, one)) and math.isnan(recall(one, empty))
+    assert dice(empty, one) == 0.0 and dice(one, empty) == 0.0
+    diagonal = math.sqrt((4 * 3) ** 2 + (5 * 2) ** 2 + (6 * 2) ** 2)
+    assert hd95(one, empty, SPACING) == pytest.approx(diagonal)
+    assert hd95(empty, one, SPACING) == pytest.approx(diagonal)
+
+
+def test_hd95_single_voxels_uses_spacing():
+    pred = _mask((5, 5, 8), (2, 2, 1))
+    truth = _mask((5, 5, 8), (2, 2, 4))  # 3 voxels along x at 2 mm
+    assert hd95(pred, truth, SPACING) == pytest.approx(6.0)
+    truth_z = _mask((5, 5, 8), (4, 2, 1))  # 2 voxels along z at 3 mm
+    assert hd95(pred, truth_z, SPACING) == pytest.approx(6.0)
+
+
+def _brute_force_hd95(pred, truth, spacing):
+    def surface(m):
+        return np.argwhere(m & ~ndimage.binary_erosion(m, ndimage.generate_binary_structure(3, 1))) * spacing
+
+    d = cdist(surface(pred), surface(truth))
+    return np.percentile(np.concatenate([d.min(axis=1), d.min(axis=0)]), 95)
+
+
+def test_hd95_matches_brute_force_on_random_blobs():
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        pred = ndimage.binary_dilation(rng.random((20, 24, 22)) > 0.995, iterations=2)
+        truth = ndimage.binary_dilation(rng.random((20, 24, 22)) > 0.995, iterations=2)
+        assert hd95(pred, truth, SPACING) == pytest.approx(_brute_force_hd95(pred, truth, np.array(SPACING)))
+
+
+def test_autopet_false_positive_and_false_negative_volumes():
+    truth = np.zeros((10, 10, 10), dtype=bool)
+    truth[1:3, 1:3, 1:3] = True  # 8 voxels, touched by the prediction
+    truth[6:8, 6:8, 6] = True  # 4 voxels, missed entirely -> FN
+    pred = np.zeros_like(truth)
+    pred[2:4, 2:4, 2:4] = True  # overlaps the first lesion: not a false positive (even its extra voxels)
+    pred[7, 1, 1:6] = True  # 5 voxels far from any lesion -> FP
+    assert false_positive_volume(pred, truth, VOXEL_ML) == pytest.approx(5 * VOXEL_ML)
+    assert false_negative_volume(pred, truth, VOXEL_ML) == pytest.approx(4 * VOXEL_ML)
+    metrics = case_metrics(pred, truth, SPACING)
+    assert metrics["fp_volume_ml"] == pytest.approx(0.06) and metrics["fn_volume_ml"] == pytest.approx(0.048)
+    assert metrics["tp_voxels"] == 1 and metrics["true_volume_ml"] == pytest.approx(12 * VOXEL_ML)
+
+
+def test_components_are_18_connected():
+    # Two predicted voxels sharing an edge form one component (overlapping the truth: no FP); two sharing
+    # only a corner are separate (the corner one is an FP).
+    truth = _mask((5, 5, 5), (1, 1, 1))
+    edge = _mask((5, 5, 5), (1, 1, 1), (2, 2, 1))
+    corner = _mask((5, 5, 5), (1, 1, 1), (2, 2, 2))
+    assert false_positive_volume(edge, truth, 1.0) == 0.0
+    assert false_positive_volume(corner, truth, 1.0) == 1.0
+
+
+def test_summary_skips_undefined_values_and_splits_positive_cases():
+    positive = case_metrics(_mask((4, 4, 4), (1, 1, 1)), _mask((4, 4, 4), (1, 1, 1)), SPACING)
+    negative = case_metrics(_mask((4, 4, 4), (0, 0, 0)), np.zeros((4, 4, 4), bool), SPACING)
+    summary = summarize([positive, negative])
+    assert summary["cases"] == 2 and summary["positive_cases"] == 1
+    assert summary["dice_pos"] == 1.0 and summary["dice"] == 0.5
+    assert summary["recall"] == 1.0  # the lesion-free case has no recall
+    assert summary["fp_volume_ml_neg"] == pytest.approx(VOXEL_ML)
