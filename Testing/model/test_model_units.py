@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from veloxseg_train.model import VeloxSeg, VeloxSegConfig, gram_matrix
 from veloxseg_train.model.decoders import pixel_shuffle_3d
-from veloxseg_train.model.export_rewrites import DepthSlicedConv3d, StridedDepthSlicedConv3d
+from veloxseg_train.model.export_rewrites import StridedDepthSlicedConv3d
+from veloxseg_train.model.sliced_conv import depth_sliced_conv3d
 from veloxseg_train.model.windows import relative_position_index, upsample_matrix, window_partition, window_reverse
 
 
@@ -70,12 +71,12 @@ def test_gram_matrix_by_hand():
     assert torch.allclose(gram_matrix(x), torch.tensor([[[1.25, 2.75], [2.75, 6.25]]]))
 
 
-@pytest.mark.parametrize("channels,kernel,groups", [(16, 5, 4), (8, 3, 1), (12, 5, 3)])
+@pytest.mark.parametrize("channels,kernel,groups", [(16, 5, 4), (8, 3, 1), (12, 5, 3), (16, 1, 4)])
 def test_depth_sliced_conv_equals_conv3d(channels, kernel, groups):
     conv = torch.nn.Conv3d(channels, channels, kernel, padding=kernel // 2, groups=groups)
     x = torch.randn(2, channels, 7, 6, 5)
     with torch.no_grad():
-        assert torch.allclose(DepthSlicedConv3d(conv)(x), conv(x), atol=1e-5)
+        assert torch.allclose(depth_sliced_conv3d(x, conv.weight, conv.bias, groups), conv(x), atol=1e-5)
 
 
 def test_strided_depth_sliced_conv_equals_conv3d():
