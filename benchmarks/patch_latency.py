@@ -3,8 +3,12 @@
     python benchmarks/patch_latency.py [--model MANIFEST.json] [--rounds 12]
 
 Without --model, a randomly initialised network is exported to a temporary folder first (the weights
-do not change the cost). Rounds alternate eager / ORT so that machine noise hits both alike; medians
-and their ratio are printed. Needs the training extras (torch) besides onnxruntime.
+do not change the cost). Rounds alternate between the runtimes so that machine noise hits all alike;
+medians and ratios are printed. Needs the training extras (torch) besides onnxruntime.
+
+Three runtimes: this project's eager model (its JLC blocks already use depth-sliced 2-D convolutions),
+the same weights with the JLC convolutions as plain grouped Conv3d (how the authors' implementation runs
+them, for comparison with spec §9), and the exported ONNX graph in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +31,29 @@ import torch  # noqa: E402
 from veloxseg_train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from veloxseg_train.export import export_onnx  # noqa: E402
 from veloxseg_train.model import VeloxSeg  # noqa: E402
+from veloxseg_train.model.jlc import GroupConvBranch  # noqa: E402
+
+
+class PlainConvBranch(torch.nn.Module):
+    """A JLC branch evaluated with the grouped Conv3d itself, as the reference implementation does."""
+
+    def __init__(self, branch: GroupConvBranch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch.act(self.branch.norm(self.branch.conv(x)))
+
+
+def with_plain_grouped_convs(model: VeloxSeg) -> VeloxSeg:
+    import copy
+
+    plain = copy.deepcopy(model)
+    for parent in plain.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, GroupConvBranch):
+                setattr(parent, name, PlainConvBranch(child))
+    return plain
 
 
 def ort_session(onnx_path: Path) -> ort.InferenceSession:
@@ -44,6 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # as in training and evaluation; denormals slow eager CPU kernels badly
 
     model = (model_from_checkpoint(load_checkpoint(args.checkpoint)) if args.checkpoint else VeloxSeg()).eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,23 +85,28 @@ def main() -> None:
         session = ort_session(onnx_path)
         x = torch.randn(1, model.cfg.modalities, *model.cfg.input_size)
         feed = {"image": x.numpy()}
-        eager, onnx = [], []
+        plain = with_plain_grouped_convs(model).eval()
+        runners = {
+            "PyTorch eager (this project)": lambda: model(x),
+            "PyTorch eager, plain grouped Conv3d (reference-style)": lambda: plain(x),
+            "ONNX Runtime (exported graph)": lambda: session.run(None, feed),
+        }
+        times = {name: [] for name in runners}
         with torch.inference_mode():
-            model(x)
-            session.run(None, feed)  # warm-up both
+            for run in runners.values():
+                run()  # warm-up
             for _ in range(args.rounds):
-                start = time.perf_counter()
-                model(x)
-                eager.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                session.run(None, feed)
-                onnx.append(time.perf_counter() - start)
-    e, o = statistics.median(eager), statistics.median(onnx)
+                for name, run in runners.items():
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
     print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, 1 thread, {args.rounds} interleaved rounds")
-    print(f"PyTorch eager : {e:.3f} s/patch (min {min(eager):.3f})")
-    print(f"ONNX Runtime  : {o:.3f} s/patch (min {min(onnx):.3f})")
-    print(f"ratio eager/ORT: {e / o:.2f}x  (min-based {min(eager) / min(onnx):.2f}x)")
-    print(f"patches/s: eager {1 / e:.2f}, ORT {1 / o:.2f}; mean |noise| eager {np.std(eager):.3f} s")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"{name:55s}: {medians[name]:.3f} s/patch (min {min(t):.3f}, std {np.std(t):.3f})")
+    onnx = medians["ONNX Runtime (exported graph)"]
+    for name in list(runners)[:2]:
+        print(f"ratio {name} / ONNX Runtime: {medians[name] / onnx:.2f}x")
 
 
 if __name__ == "__main__":

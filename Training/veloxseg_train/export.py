@@ -7,7 +7,6 @@ Runtime reproduces PyTorch (max |delta| <= 1e-4, identical argmax) on the verifi
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import subprocess
 import warnings
@@ -16,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from VeloxSegSlicerLib.engine.manifest import file_sha256
 
 from .model import VeloxSeg
 from .model.export_rewrites import rewrite_for_export
@@ -27,14 +28,6 @@ TOLERANCE = 1e-4
 
 class ExportError(RuntimeError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_commit() -> str:
@@ -107,7 +100,7 @@ def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance
             "model_name": "VeloxSeg",
             "model_version": model_version,
             "onnx_file": out_path.name,
-            "onnx_sha256": sha256_of(tmp_onnx),
+            "onnx_sha256": file_sha256(tmp_onnx),
             "opset": opset,
             "input_name": "image",
             "output_name": "logits",

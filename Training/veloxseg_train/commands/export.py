@@ -19,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from VeloxSegSlicerLib.engine.manifest import file_sha256
+
     from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-    from ..export import ExportError, export_onnx, sha256_of
+    from ..export import DEFAULT_SPACING_XYZ_MM, ExportError, export_onnx
 
     if args.out.suffix != ".onnx":
         print("error: --out must name a .onnx file", file=sys.stderr)
@@ -41,13 +43,15 @@ def run(args: argparse.Namespace) -> int:
     extra = payload.get("extra") or {}
     provenance = {
         "checkpoint": args.checkpoint.name,
-        "checkpoint_sha256": sha256_of(args.checkpoint),
+        "checkpoint_sha256": file_sha256(args.checkpoint),
         "data": args.data or extra.get("data", "unknown"),
         "training": {k: v for k, v in extra.items() if k in ("epochs", "steps", "config", "seed", "imported_from")},
     }
     try:
+        spacing = extra.get("spacing_xyz_mm") or DEFAULT_SPACING_XYZ_MM  # the grid the model was trained on
         manifest = export_onnx(model, args.out, normalization, provenance, opset=args.opset,
-                               dynamic_batch=args.dynamic_batch, model_version=args.model_version)
+                               dynamic_batch=args.dynamic_batch, model_version=args.model_version,
+                               spacing_xyz_mm=spacing)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
