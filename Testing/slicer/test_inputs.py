@@ -1,0 +1,123 @@
+"""Bad input is refused before anything runs, with a message that says what to do; the scene stays as it was.
+Also: which loaded volumes are picked as CT and PET."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+from mrml_study import add_study, make_ct, make_pet, scene_snapshot
+
+from VeloxSegSlicerLib import inputs, mrml_io
+from VeloxSegSlicerLib.engine import InputError
+
+
+def _units(node, code_value, meaning):
+    units = slicer.vtkCodedEntry()
+    units.SetValueSchemeMeaning(code_value, "UCUM", meaning)
+    node.SetVoxelValueUnits(units)
+
+
+@pytest.fixture
+def nodes(app):
+    return add_study(mrml_io, make_ct(), make_pet())
+
+
+def _expect_refused(app, logic, ct, pet, *words, output=None):
+    snapshot = scene_snapshot(app.scene)
+    with pytest.raises(InputError) as error:
+        logic.segment(ct, pet, output)
+    message = str(error.value)
+    for word in words:
+        assert word.lower() in message.lower(), message
+    assert scene_snapshot(app.scene) == snapshot
+    # the GUI shows the same sentence in the button tooltip, without reading all voxels
+    if ct is not None and pet is not None and output is None:
+        assert inputs.checkInputs(ct, pet) == message
+    return message
+
+
+def test_no_ct_or_no_pet(app, logic, nodes):
+    ct, pet = nodes
+    _expect_refused(app, logic, None, pet, "select the CT")
+    _expect_refused(app, logic, ct, None, "select the PET")
+    assert inputs.checkInputs(None, None, cheap=True) == "Select the CT volume."
+
+
+def test_same_volume_for_both(app, logic, nodes):
+    ct, _ = nodes
+    _expect_refused(app, logic, ct, ct, "same volume")
+
+
+def test_label_map_as_input(app, logic, nodes):
+    ct, pet = nodes
+    label = mrml_io.addVolumeNodeFromSitk(sitk.Cast(make_pet() > 2, sitk.sitkUInt8), "lesion mask", labelmap=True)
+    _expect_refused(app, logic, ct, label, "label map")
+    _expect_refused(app, logic, label, pet, "label map")
+
+
+def test_pet_not_in_suv_by_values(app, logic, nodes):
+    ct, _ = nodes
+    bq = mrml_io.addVolumeNodeFromSitk(make_pet(scale=5000.0), "PET Bq per ml")
+    message = _expect_refused(app, logic, ct, bq, "does not look like SUV", "DICOM")
+    assert "SUVbw" in message  # says how to get SUV
+    assert "does not look like SUV" in inputs.checkInputs(ct, bq, cheap=True)  # the button is disabled too
+
+
+def test_pet_not_in_suv_by_units(app, logic, nodes):
+    ct, pet = nodes
+    _units(pet, "Bq/ml", "Becquerels/milliliter")
+    _expect_refused(app, logic, ct, pet, "Bq/ml", "not in SUV", "DICOM module")
+    assert "Bq/ml" in inputs.checkInputs(ct, pet, cheap=True)  # units are checked even in the cheap check
+    _units(pet, "{SUVlbm}g/ml", "Standardized Uptake Value lean body mass")
+    _expect_refused(app, logic, ct, pet, "SUVbw")
+    _units(pet, inputs.SUV_BW_UNITS, "Standardized Uptake Value body weight")
+    assert inputs.checkInputs(ct, pet) == ""
+
+
+def test_pet_chosen_as_ct(app, logic, nodes):
+    _, pet = nodes
+    other_pet = mrml_io.addVolumeNodeFromSitk(make_pet(), "second PET")
+    _expect_refused(app, logic, other_pet, pet, "does not look like a CT")
+
+
+def test_ct_and_pet_do_not_overlap(app, logic, nodes):
+    ct, _ = nodes
+    far = make_pet()
+    far.SetOrigin(tuple(np.array(far.GetOrigin()) + np.array([0.0, 0.0, 800.0])))
+    far_pet = mrml_io.addVolumeNodeFromSitk(far, "PET of another study")
+    _expect_refused(app, logic, ct, far_pet, "do not overlap")
+
+
+def test_volume_without_voxels(app, logic, nodes):
+    _, pet = nodes
+    empty = app.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    _expect_refused(app, logic, empty, pet, "no voxels")
+
+
+def test_output_must_be_a_segmentation(app, logic, nodes):
+    ct, pet = nodes
+    not_a_segmentation = app.scene.AddNewNodeByClass("vtkMRMLTableNode", "a table")
+    _expect_refused(app, logic, ct, pet, "not a segmentation", output=not_a_segmentation)
+
+
+def test_guess_ct_and_pet_from_names_values_units_and_modality(app):
+    ct, pet = add_study(mrml_io, make_ct(), make_pet(), ct_name="Series 3", pet_name="Series 7")
+    # no hint in the names: values decide (air in HU vs non-negative uptake)
+    assert inputs.guessCtAndPet() == (ct, pet)
+    # names decide against values...
+    ct.SetName("PET AC"), pet.SetName("CT 2.5mm")
+    assert inputs.guessCtAndPet() == (pet, ct)
+    # ...DICOM modality and SUV units decide against names
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(app.scene)
+    modality = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
+    sh.SetItemAttribute(sh.CreateItem(sh.GetSceneItemID(), ct), modality, "CT")
+    sh.SetItemAttribute(sh.CreateItem(sh.GetSceneItemID(), pet), modality, "PT")
+    assert inputs.guessCtAndPet() == (ct, pet)
+    # label maps are never candidates; one volume alone is never both
+    mrml_io.addVolumeNodeFromSitk(sitk.Cast(make_pet() > 2, sitk.sitkUInt8), "PET mask", labelmap=True)
+    assert inputs.guessCtAndPet() == (ct, pet)
+
+
+def test_guess_with_a_single_volume(app):
+    pet = mrml_io.addVolumeNodeFromSitk(make_pet(), "PET_SUV")
+    assert inputs.guessCtAndPet() == (None, pet)
