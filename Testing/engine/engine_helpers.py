@@ -1,14 +1,15 @@
-"""Test helpers: a tiny deterministic ONNX model honouring the VeloxSeg I/O contract, and phantoms.
+"""Test helpers: the engine tests' tiny threshold ONNX model (the shared one of Testing/helpers/onnx_models.py
+with the engine tests' settings), and phantoms.
 
 The model computes, voxel by voxel, lesion logit = PET_normalised - THRESHOLD (+ an optional ramp along z
 that makes its output depend on the position inside the patch) and background logit = 0, so a voxel is
-"lesion" exactly where the normalised PET exceeds THRESHOLD. That makes geometry tests exact and fast.
+"lesion" exactly where the normalised PET exceeds THRESHOLD and the blended logit difference is exactly
+PET - THRESHOLD (+ ramp). That makes geometry tests exact and fast.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import sys
 from pathlib import Path
 
@@ -17,73 +18,22 @@ import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "VeloxSegSlicer"))
+sys.path.insert(0, str(ROOT / "Testing" / "helpers"))  # never Testing/ itself (see onnx_models)
+
+import onnx_models  # noqa: E402
 
 THRESHOLD = 4.0  # SUV; the test manifest normalises PET as clip(0, 30), mean 0, std 1
 PATCH = 96
+SPACING_XYZ_MM = (2.036, 2.036, 3.0)  # the bundled model's grid
+MODEL_NAME = "VeloxSeg-test-threshold"
 
-
-def build_threshold_onnx(path: Path, threshold: float = THRESHOLD, ramp: bool = False) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["pet"]),
-        helper.make_node("Sub", ["pet", "threshold"], ["lesion"]),
-        helper.make_node("Mul", ["pet", "zero"], ["background"]),
-    ]
-    inits = [
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "starts"),
-        numpy_helper.from_array(np.array([2], dtype=np.int64), "ends"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axes"),
-        numpy_helper.from_array(np.array(threshold, dtype=np.float32), "threshold"),
-        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
-    ]
-    lesion = "lesion"
-    if ramp:
-        # A position-dependent term: the blended output then depends on which windows cover a voxel.
-        values = np.linspace(-1.0, 1.0, PATCH, dtype=np.float32).reshape(1, 1, PATCH, 1, 1)
-        inits.append(numpy_helper.from_array(values, "ramp"))
-        nodes.append(helper.make_node("Add", ["lesion", "ramp"], ["lesion_ramp"]))
-        lesion = "lesion_ramp"
-    nodes.append(helper.make_node("Concat", ["background", lesion], ["logits"], axis=1))
-    graph = helper.make_graph(
-        nodes,
-        "veloxseg_threshold_test",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 2, PATCH, PATCH, PATCH])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, PATCH, PATCH, PATCH])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="veloxseg-tests")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def write_manifest(onnx_path: Path, manifest_path: Path = None) -> Path:
-    manifest_path = manifest_path or onnx_path.with_suffix(".json")
-    manifest = {
-        "format": "veloxseg-manifest/1",
-        "model_name": "VeloxSeg-test-threshold",
-        "model_version": "0.0.0",
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-        "opset": 17,
-        "input_name": "image",
-        "output_name": "logits",
-        "dynamic_batch": False,
-        "patch_size_zyx": [PATCH, PATCH, PATCH],
-        "spacing_xyz_mm": [2.036, 2.036, 3.0],
-        "modalities": ["CT", "PET"],
-        "class_names": ["background", "lesion"],
-        "normalization": {
-            "CT": {"clip_low": -1000.0, "clip_high": 1000.0, "mean": 0.0, "std": 1.0, "unit": "HU"},
-            "PET": {"clip_low": 0.0, "clip_high": 30.0, "mean": 0.0, "std": 1.0, "unit": "SUVbw"},
-        },
-        "provenance": {"exporter": "Testing/engine/conftest.py"},
-    }
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return manifest_path
+# build_threshold_onnx(path, ramp=False) -> path; write_manifest(onnx_path) -> <onnx_path stem>.json
+build_threshold_onnx = functools.partial(
+    onnx_models.build_threshold_onnx, suv_threshold=THRESHOLD, patch=PATCH, zero_background=True
+)
+write_manifest = functools.partial(
+    onnx_models.write_manifest, spacing_xyz_mm=SPACING_XYZ_MM, patch=PATCH, model_name=MODEL_NAME
+)
 
 
 def make_image(array_zyx, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None) -> sitk.Image:
@@ -143,3 +93,11 @@ def rotation(axis, degrees) -> np.ndarray:
     if axis == "x":
         return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+
+
+def hot_voxel_pet(voxels, size, spacing, origin, seed=0) -> sitk.Image:
+    """A PET phantom (body, no spheres) with single hot voxels {(x, y, z) index: SUV}."""
+    array = sitk.GetArrayFromImage(phantom([], size, spacing, origin, kind="PET", seed=seed))
+    for (x, y, z), suv in voxels.items():
+        array[z, y, x] = suv
+    return make_image(array, spacing, origin)

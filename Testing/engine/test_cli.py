@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from engine_helpers import make_image, phantom
+from engine_helpers import hot_voxel_pet, make_image, phantom
 
 from VeloxSegSlicerLib.engine import batch as batch_module
 from VeloxSegSlicerLib.engine import cli
@@ -79,6 +79,26 @@ def test_segment_small_real_study(tmp_path, capsys, manifest_path):
     assert float(rows[0]["suv_max"]) == pytest.approx(21.676, abs=0.01)  # the sarcoma's SUVmax
     assert int(sitk.GetArrayFromImage(label).max()) == len(rows)
     assert "lesion(s)" in stdout
+
+
+def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys, manifest_path):
+    """A lesion where only the PET reaches has statistics but no CT voxel: the stats CSV and the summary
+    say so (on_ct 0), and the label holds only the other lesion."""
+    pet_grid = {"size": (40, 40, 30), "spacing": (2.036, 2.036, 3.0), "origin": (-40.72, -40.72, -45.0)}
+    pet = hot_voxel_pet({(20, 20, 15): 9.0, (20, 2, 15): 12.0}, **pet_grid)
+    ct = phantom([], (90, 70, 70), (0.9, 0.9, 1.25), (-40.72, -40.72 + 8 * 2.036, -45.0), kind="CT")
+    ct_path, pet_path = write_study(tmp_path, ct, pet)
+    out, stats = tmp_path / "o.nrrd", tmp_path / "s.csv"
+    code, stdout, err = run(capsys, "segment", "--ct", ct_path, "--pet", pet_path, "--out", out, "--stats", stats,
+                            "--model", manifest_path)
+    assert code == 0, err
+    rows = {row["lesion_id"]: row for row in csv.DictReader(stats.open())}
+    assert sorted(row["on_ct"] for row in rows.values()) == ["0", "1"]
+    outside = next(lesion_id for lesion_id, row in rows.items() if row["on_ct"] == "0")
+    assert f"lesion {outside}: " in stdout and "not on the CT label: outside the CT field of view" in stdout
+    assert "2 lesion(s)" in stdout and "1 not on the CT label" in stdout
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert set(np.unique(label).tolist()) == {0} | {int(i) for i, row in rows.items() if row["on_ct"] == "1"}
 
 
 def test_segment_volume_smaller_than_a_patch(tmp_path, capsys, manifest_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from engine_helpers import THRESHOLD, make_image, phantom, physical_points, rotation
+from engine_helpers import THRESHOLD, hot_voxel_pet, make_image, phantom, physical_points, rotation
 
 from VeloxSegSlicerLib.engine import segment_study
 
@@ -167,3 +167,55 @@ def test_slab_wise_mapping_gives_the_same_labels(model, monkeypatch):
     slabs = segment_study(ct, pet, model)
     for a, b in ((whole.label_ct, slabs.label_ct), (whole.label_pet, slabs.label_pet)):
         assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+
+
+# --- lesions of one PET voxel: each must be on the CT label, unless it lies outside the CT field of view ---
+
+PET_LATTICE = {"size": (40, 40, 30), "spacing": (2.036, 2.036, 3.0), "origin": (-40.72, -40.72, -45.0)}
+
+
+def _pet_with_hot_voxels(voxels):
+    """PET on the model lattice (so each hot voxel is one model voxel) with {(x, y, z) index: SUV}, and the
+    hot voxels' centres (LPS)."""
+    image = hot_voxel_pet(voxels, **PET_LATTICE)
+    return image, {index: np.asarray(image.TransformIndexToPhysicalPoint(index)) for index in voxels}
+
+
+@pytest.mark.parametrize("suv", [4.5, 9.0])  # barely above the threshold (covers no CT voxel centre), clearly
+def test_one_pet_voxel_lesion_is_on_a_finer_ct_grid(model, suv):
+    pet, centres = _pet_with_hot_voxels({(20, 20, 15): suv})
+    centre = centres[(20, 20, 15)]
+    spacing = np.array([0.9, 0.9, 1.25])
+    # no CT voxel centre within 0.4 mm of the lesion's centre on any axis
+    ct = phantom([], (80, 80, 60), spacing, centre + 0.4 - np.array([40, 40, 30]) * spacing, kind="CT")
+    result = segment_study(ct, pet, model)
+
+    assert result.totals.lesion_count == 1 and result.lesions[0].voxels == 1
+    assert result.lesions[0].on_ct and result.not_on_ct == {}
+    found = np.argwhere(sitk.GetArrayViewFromImage(result.label_ct) == 1)[:, ::-1]  # (x, y, z) indices
+    assert len(found) >= 1 and set(np.unique(sitk.GetArrayViewFromImage(result.label_ct))) == {0, 1}
+    points = np.array([ct.TransformIndexToPhysicalPoint([int(i) for i in index]) for index in found])
+    assert np.all(np.abs(points - centre) <= np.asarray(PET_LATTICE["spacing"])), "marked beside the lesion"
+
+
+def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
+    """The model grid reaches beyond the CT where the PET does (network context): a lesion found there has
+    PET statistics but cannot be on the CT label, and the result says so."""
+    from VeloxSegSlicerLib.engine.postprocess import OUTSIDE_CT
+
+    pet, centres = _pet_with_hot_voxels({(20, 20, 15): 9.0, (20, 2, 15): 12.0})
+    # CT: the PET's field of view less its first 8 rows in y, i.e. it ends 11 mm short of the hot voxel
+    spacing = np.array([0.9, 0.9, 1.25])
+    ct_origin = np.array([-40.72, -40.72 + 8 * 2.036, -45.0])
+    ct = phantom([], (90, 70, 70), spacing, ct_origin, kind="CT")
+    result = segment_study(ct, pet, model)
+
+    assert result.totals.lesion_count == 2
+    by_centre = {tuple(np.round(centres[index], 3)): index for index in centres}
+    outside = [lesion for lesion in result.lesions if not lesion.on_ct]
+    assert len(outside) == 1 and result.not_on_ct == {outside[0].id: OUTSIDE_CT}
+    lps = np.array([-outside[0].centroid_ras_mm[0], -outside[0].centroid_ras_mm[1], outside[0].centroid_ras_mm[2]])
+    assert by_centre[tuple(np.round(lps, 3))] == (20, 2, 15)
+    inside = next(lesion for lesion in result.lesions if lesion.on_ct)
+    assert set(np.unique(sitk.GetArrayViewFromImage(result.label_ct))) == {0, inside.id}
+    assert set(np.unique(sitk.GetArrayViewFromImage(result.label_pet))) == {0, 1, 2}

@@ -3,11 +3,13 @@
 The model follows the contract in docs/architecture.md: input ``image`` float32 (N, 2, P, P, P),
 output ``logits`` float32 (N, 2, P, P, P). It is a pure threshold on the PET channel:
 
-    lesion logit     = normalised PET - threshold
-    background logit = -(normalised PET - threshold)
+    lesion logit     = normalised PET - threshold (+ ramp: an offset along the patch's z, from -1 to 1)
+    background logit = -(lesion logit), or 0 with ``zero_background=True``
 
 With the manifest's PET normalisation (clip 0..30, mean 0, std 1) the normalised PET is the SUV, so
 the argmax marks exactly the voxels with SUV > threshold: tests can predict the result with numpy.
+With ``zero_background`` the engine's blended logit difference is exactly SUV - threshold (+ ramp), which
+the sliding-window tests check; ``ramp`` makes the output depend on where a voxel sits in its window.
 
 Import it by file path, e.g. ``sys.path.insert(0, str(TESTING / "helpers")); import onnx_models``.
 Never put ``Testing/`` itself on sys.path: ``Testing/slicer/`` would then be merged into slicer-core's
@@ -30,10 +32,11 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False, opset=17):
+def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False, opset=17, ramp=False,
+                         zero_background=False):
     """Write the threshold model to ``path`` (an .onnx file) and return the path."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     batch = "N" if dynamic_batch else 1
     shape = [batch, 2, patch, patch, patch]
@@ -41,13 +44,23 @@ def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False,
         # channel 1 (PET), kept as a 1-channel 5D tensor
         helper.make_node("Gather", ["image", "pet_index"], ["pet"], axis=1),
         helper.make_node("Sub", ["pet", "threshold"], ["lesion"]),
-        helper.make_node("Neg", ["lesion"], ["background"]),
-        helper.make_node("Concat", ["background", "lesion"], ["logits"], axis=1),
     ]
     initializers = [
         helper.make_tensor("pet_index", TensorProto.INT64, [1], [1]),
         helper.make_tensor("threshold", TensorProto.FLOAT, [], [float(suv_threshold)]),
     ]
+    lesion = "lesion"
+    if ramp:
+        values = np.linspace(-1.0, 1.0, patch, dtype=np.float32).reshape(1, 1, patch, 1, 1)
+        initializers.append(numpy_helper.from_array(values, "ramp"))
+        nodes.append(helper.make_node("Add", ["lesion", "ramp"], ["lesion_ramp"]))
+        lesion = "lesion_ramp"
+    if zero_background:
+        initializers.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+        nodes.append(helper.make_node("Mul", [lesion, "zero"], ["background"]))
+    else:
+        nodes.append(helper.make_node("Neg", [lesion], ["background"]))
+    nodes.append(helper.make_node("Concat", ["background", lesion], ["logits"], axis=1))
     graph = helper.make_graph(
         nodes,
         "veloxseg_test_threshold",

@@ -11,6 +11,7 @@ import slicer
 import vtk
 from mrml_study import (
     SPHERES,
+    Sphere,
     add_study,
     make_ct,
     make_pet,
@@ -90,6 +91,7 @@ def test_segment_end_to_end(app, logic, study):
         centroid = [row["CentroidR_mm"], row["CentroidA_mm"], row["CentroidS_mm"]]
         np.testing.assert_allclose(centroid, expected["centroid_ras"], atol=1e-3)
         assert row["Segment"] == results.segmentIdForLesion(int(row["Lesion"]))
+        assert row["OnCT"] == 1.0
     total = rows[-1]
     assert total["MTV_mL"] == pytest.approx(sum(r["MTV_mL"] for r in rows[:-1]))
     assert total["TLG_g"] == pytest.approx(sum(r["TLG_g"] for r in rows[:-1]))
@@ -102,6 +104,30 @@ def test_segment_end_to_end(app, logic, study):
     # display: PET heat colour map, lesion outline visible in slice views
     assert pet_node.GetDisplayNode().GetColorNodeID() == results.PET_HEAT_COLOR_NODE_ID
     assert seg_node.GetDisplayNode().GetVisibility2DOutline()
+
+
+def test_lesion_outside_the_ct_keeps_its_row_without_a_segment(app, logic):
+    """The PET reaches beyond the CT and holds a lesion there: it has PET statistics (a table row) but no
+    CT voxel, so no segment; the table says so (OnCT 0), as the engine does (LesionStats.on_ct)."""
+    outside = Sphere((80.0, 0.0, 0.0), 6.0, 9.0)  # beyond the CT's field of view, inside the PET's
+    ct_image = make_ct()
+    pet_image = make_pet(size_xyz=(50, 30, 22), spheres=SPHERES + (outside,))
+    ct_node, pet_node = add_study(mrml_io, ct_image, pet_image)
+    job = logic.prepare(ct_node, pet_node)
+    job.run()
+    seg_node, table_node = logic.finish(job)
+
+    result = job.result
+    assert len(result.lesions) == 3
+    far = [lesion for lesion in result.lesions if not lesion.on_ct]
+    assert len(far) == 1 and np.linalg.norm(np.asarray(far[0].centroid_ras_mm) - outside.center_ras) < 3.0
+    assert seg_node.GetSegmentation().GetNumberOfSegments() == 2
+    rows = {row["Lesion"]: row for row in _table_rows(table_node)[:-1]}
+    assert rows[str(far[0].id)]["Segment"] == "" and rows[str(far[0].id)]["OnCT"] == 0.0
+    for lesion in result.lesions:
+        if lesion.on_ct:
+            assert rows[str(lesion.id)]["Segment"] == results.segmentIdForLesion(lesion.id)
+            assert rows[str(lesion.id)]["OnCT"] == 1.0
 
 
 def test_scene_save_and_reload(app, logic, study, tmp_path):

@@ -31,6 +31,8 @@ TABLE_COLUMNS = (
     ("CentroidA_mm", "mm", "Centroid, Anterior coordinate (RAS)"),
     ("CentroidS_mm", "mm", "Centroid, Superior coordinate (RAS)"),
     ("Voxels", "", "Number of PET voxels in the lesion"),
+    ("OnCT", "", "1 = the lesion is in the segmentation (CT grid); 0 = it has no voxel on the CT grid (it lies "
+                 "outside the CT field of view): PET statistics only, no segment"),
 )
 _STRING_COLUMNS = ("Lesion", "Segment")
 
@@ -104,11 +106,13 @@ def buildSegmentation(labelArray, ijkToRas, lesionIds, oneSegmentPerLesion=True)
     box = _unionBox(labelArray)
     crop = labelArray[box[0][0]:box[1][0], box[0][1]:box[1][1], box[0][2]:box[1][2]] if box else None
     present = set(int(v) for v in np.unique(crop)) - {0} if crop is not None else set()
-    # A lesion of a voxel or two on the PET grid can vanish on a finer CT grid: it keeps its table row
-    # (statistics are measured on the PET) but gets no segment.
+    # The engine puts every lesion on the CT label except one outside the CT field of view (found where the
+    # PET reaches beyond the CT; LesionStats.on_ct is False): it keeps its table row (statistics are measured
+    # on the PET) but gets no segment.
     missing = [int(i) for i in lesionIds if int(i) not in present]
     if missing:
-        logging.info(f"VeloxSeg: lesions {missing} have no voxel on the CT grid; no segment for them")
+        logging.info(f"VeloxSeg: lesions {missing} have no voxel on the CT grid (outside the CT field of view); "
+                     "no segment for them")
     lesionIds = [int(i) for i in lesionIds if int(i) in present]
     if not lesionIds:
         return segmentation, {}
@@ -140,6 +144,7 @@ def buildTableRows(lesions, totals, segmentOfLesion):
             "SUVmax": float(lesion.suv_max), "SUVmean": float(lesion.suv_mean), "SUVpeak": float(lesion.suv_peak),
             "MTV_mL": float(lesion.mtv_ml), "TLG_g": float(lesion.tlg),
             "CentroidR_mm": r, "CentroidA_mm": a, "CentroidS_mm": s, "Voxels": float(lesion.voxels),
+            "OnCT": 1.0 if int(lesion.id) in segmentOfLesion else 0.0,
         })
     voxels = sum(float(lesion.voxels) for lesion in lesions)
     totalMtv = float(totals.total_mtv_ml)
@@ -151,7 +156,7 @@ def buildTableRows(lesions, totals, segmentOfLesion):
         "SUVpeak": max((float(lesion.suv_peak) for lesion in lesions), default=float("nan")),
         "MTV_mL": totalMtv, "TLG_g": float(totals.total_tlg),
         "CentroidR_mm": float("nan"), "CentroidA_mm": float("nan"), "CentroidS_mm": float("nan"),
-        "Voxels": voxels,
+        "Voxels": voxels, "OnCT": float("nan"),
     })
     return rows
 

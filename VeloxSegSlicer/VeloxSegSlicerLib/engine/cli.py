@@ -136,17 +136,21 @@ def command_segment(args, cancelled=None) -> int:
         if stats is not None:
             outputs.write_stats(result.lesions, stats)
     totals = result.totals
+    absent = len(result.not_on_ct)
     print(
         f"{totals.lesion_count} lesion(s), total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
         f"{totals.total_tlg:.2f}; {result.windows_run} patches on {result.device} in "
         f"{time.perf_counter() - started:.1f} s"
+        + (f"; {absent} not on the CT label (PET statistics only)" if absent else "")
     )
     for lesion in result.lesions:
         r, a, s = lesion.centroid_ras_mm
+        reason = result.not_on_ct.get(lesion.id)
         print(
             f"  lesion {lesion.id}: MTV {lesion.mtv_ml:.2f} mL, SUVmax {lesion.suv_max:.2f}, SUVpeak "
             f"{lesion.suv_peak:.2f}, SUVmean {lesion.suv_mean:.2f}, TLG {lesion.tlg:.2f}, "
             f"centroid RAS ({r:.1f}, {a:.1f}, {s:.1f}) mm"
+            + (f"; not on the CT label: {reason}" if reason else "")
         )
     print(f"wrote {out}" + (f" and {stats}" if stats is not None else ""))
     return EXIT_OK

@@ -25,6 +25,7 @@ STATS_COLUMNS = (
     "centroid_r_mm",
     "centroid_a_mm",
     "centroid_s_mm",
+    "on_ct",  # 1, or 0 for a lesion outside the CT field of view: it has no voxel on the CT-grid label
 )
 
 
@@ -119,6 +120,7 @@ def write_stats_csv(lesions, path) -> None:
                     f"{r:.2f}",
                     f"{a:.2f}",
                     f"{s:.2f}",
+                    int(lesion.on_ct),
                 ]
             )
 

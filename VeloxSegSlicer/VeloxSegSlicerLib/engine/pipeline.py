@@ -7,6 +7,7 @@ minimum volume), Statistics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import time
@@ -63,6 +64,7 @@ class SegmentationResult:
     label_pet: sitk.Image  # the same ids on the PET grid
     lesions: list  # LesionStats, one per id, ascending
     totals: StudyTotals
+    not_on_ct: dict = field(default_factory=dict)  # {id: reason} of lesions absent from label_ct (on_ct False)
     model_grid: Grid = None  # the cropped grid the network ran on
     windows_run: int = 0
     device: str = "cpu"
@@ -156,7 +158,7 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     del ct, pet, body
 
     steps.enter("Post-processing")
-    label_ct, label_pet = label_maps(
+    label_ct, label_pet, not_on_ct = label_maps(
         logit_diff,
         grid,
         ct_image,
@@ -169,13 +171,17 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     del logit_diff
 
     steps.enter("Statistics")
-    lesions = lesion_statistics(label_pet, pet_suv_image)
+    lesions = [
+        dataclasses.replace(lesion, on_ct=False) if lesion.id in not_on_ct else lesion
+        for lesion in lesion_statistics(label_pet, pet_suv_image)
+    ]
     steps.finish()
     return SegmentationResult(
         label_ct=label_ct,
         label_pet=label_pet,
         lesions=lesions,
         totals=study_totals(lesions),
+        not_on_ct=not_on_ct,
         model_grid=grid,
         windows_run=windows[0],
         device=model.device,

@@ -8,8 +8,12 @@
   boundaries on a finer CT grid, and exactly the model-grid mask on a PET grid that coincides with it.
 - The minimum lesion volume applies to the volume on the PET grid (the reported MTV). A lesion that covers
   no PET voxel centre is dropped, as it has no SUV statistics. A kept lesion too small to cover any CT
-  voxel centre is marked on the CT voxel holding its most confident model voxel, so every reported lesion
-  is visible on the CT label.
+  voxel centre is marked on one CT voxel: the one holding its most confident model voxel among those that
+  lie inside the CT field of view and whose CT voxel no other lesion holds. So every reported lesion is on
+  the CT label, except one that lies wholly outside the CT field of view: the model grid reaches beyond
+  the CT where the PET goes further (context for the network), and a lesion found there has PET
+  statistics but no CT voxel. (In theory also one whose every in-view CT voxel a larger lesion holds, on
+  a CT with voxels over twice the model spacing.) label_maps returns those ids with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from .preprocess import Grid
 from .sliding_window import NOT_COVERED
 
 MAX_LESIONS = 65535  # uint16 label maps
+
+# why a reported lesion has no voxel on the CT label (see the module docstring)
+OUTSIDE_CT = "outside the CT field of view"
+CT_VOXELS_TAKEN = "its CT voxels belong to larger lesions"
 
 
 def model_grid_components(logit_diff: np.ndarray, threads: int = 1):
@@ -78,14 +86,14 @@ class LesionMapper:
         self.labels, self.count = model_grid_components(logit_diff, threads)
         self.boxes = _bounding_boxes(self.labels, self.count) if self.count else {}
 
-    def peak_point(self, label: int) -> tuple:
-        """Physical point of the lesion's most confident model-grid voxel."""
+    def ranked_points(self, label: int) -> np.ndarray:
+        """(n, 3) physical points (x, y, z) of the lesion's model-grid voxels, most confident first."""
         lo, hi = self.boxes[label]
         region = tuple(slice(a, b) for a, b in zip(lo, hi))
-        scores = np.where(self.labels[region] == label, self.logit_diff[region], -np.inf)
-        index_zyx = np.add(np.unravel_index(np.argmax(scores), scores.shape), lo)
-        point = np.asarray(self.grid.origin) + index_zyx[::-1] * np.asarray(self.grid.spacing)
-        return tuple(float(p) for p in point)
+        inside = self.labels[region] == label
+        order = np.argsort(-self.logit_diff[region][inside], kind="stable")
+        index_zyx = np.argwhere(inside)[order] + np.asarray(lo)
+        return np.asarray(self.grid.origin) + index_zyx[:, ::-1] * np.asarray(self.grid.spacing)
 
     def _lattice_offset(self, target: sitk.Image):
         """Integer (z, y, x) offset from target to model indices when every target voxel centre is a model
@@ -176,11 +184,22 @@ class LabelCanvas:
         z, y, x = region
         self.image[x.start : x.stop, y.start : y.stop, z.start : z.stop] = piece
 
-    def mark_point(self, point, value: int) -> None:
-        index = self.image.TransformPhysicalPointToIndex(point)
-        inside = all(0 <= i < n for i, n in zip(index, self.image.GetSize()))
-        if inside and self.image[index] == 0:
-            self.image[index] = value
+    def mark_first_free(self, points: np.ndarray, value: int):
+        """Mark the voxel holding the first of the (n, 3) physical points (x, y, z) that lies inside the
+        image on a voxel no lesion holds yet. -> None when marked, else why not (OUTSIDE_CT or
+        CT_VOXELS_TAKEN)."""
+        to_index = np.reshape(self.image.GetDirection(), (3, 3)) @ np.diag(self.image.GetSpacing())
+        continuous = np.linalg.solve(to_index, (np.asarray(points) - self.image.GetOrigin()).T).T
+        index = np.floor(continuous + 0.5).astype(np.int64)  # rounds as TransformPhysicalPointToIndex
+        index = index[np.all((index >= 0) & (index < np.asarray(self.image.GetSize())), axis=1)]
+        if len(index) == 0:
+            return OUTSIDE_CT
+        held = sitk.GetArrayViewFromImage(self.image)[index[:, 2], index[:, 1], index[:, 0]]
+        free = np.flatnonzero(held == 0)
+        if free.size == 0:
+            return CT_VOXELS_TAKEN
+        self.image[tuple(int(i) for i in index[free[0]])] = value
+        return None
 
 
 def _voxel_ml(image: sitk.Image) -> float:
@@ -197,9 +216,11 @@ def label_maps(
     progress=None,
     cancelled=None,
 ):
-    """-> (label_ct, label_pet) uint16 images with consecutive lesion ids shared by both grids."""
+    """-> (label_ct, label_pet, not_on_ct): uint16 images with consecutive lesion ids shared by both grids,
+    and {id: reason} for the lesions of label_pet that have no voxel on label_ct (see the module docstring)."""
     mapper = LesionMapper(logit_diff, grid, threads)
     label_pet, label_ct = LabelCanvas(pet), LabelCanvas(ct)
+    not_on_ct = {}
     pet_voxel_ml = _voxel_ml(pet)
     next_id = 1
     for label in range(1, mapper.count + 1):
@@ -218,8 +239,10 @@ def label_maps(
                     label_ct.paint(free, region, next_id)
                     painted += 1
             if painted == 0:
-                label_ct.mark_point(mapper.peak_point(label), next_id)
+                reason = label_ct.mark_first_free(mapper.ranked_points(label), next_id)
+                if reason is not None:
+                    not_on_ct[next_id] = reason
             next_id += 1
         if progress is not None:
             progress(label / mapper.count)
-    return label_ct.image, label_pet.image
+    return label_ct.image, label_pet.image, not_on_ct

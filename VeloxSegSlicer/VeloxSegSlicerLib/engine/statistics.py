@@ -7,6 +7,8 @@ Definitions (all on the PET grid, from the voxels whose centre lies in the lesio
   ties); the sphere is clipped at the image border; no partial-volume weighting of border voxels.
 - MTV: number of lesion voxels x voxel volume, in mL. TLG = SUVmean x MTV.
 - Centroid: mean physical position of the lesion voxel centres, in RAS millimetres (LPS with x, y negated).
+- on_ct: whether the lesion has a voxel on the CT-grid label; False for a lesion outside the CT field of
+  view (set by segment_study; see postprocess).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class LesionStats:
     mtv_ml: float
     tlg: float
     centroid_ras_mm: tuple
+    on_ct: bool = True
 
 
 @dataclass(frozen=True)
