@@ -49,10 +49,10 @@ def with_plain_grouped_convs(model: VeloxSeg) -> VeloxSeg:
     import copy
 
     plain = copy.deepcopy(model)
-    for parent in plain.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, GroupConvBranch):
-                setattr(parent, name, PlainConvBranch(child))
+    targets = [(parent, name, child) for parent in plain.modules() for name, child in parent.named_children()
+               if isinstance(child, GroupConvBranch)]
+    for parent, name, child in targets:  # replace after the walk: the wrappers contain the branches
+        setattr(parent, name, PlainConvBranch(child))
     return plain
 
 
