@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from VeloxSegSlicerLib.engine.nifti_scan import count_nonfinite
+
 from .case import CaseFiles, DataError, LoadedCase
 from .geometry import physical_box
-from .nifti_scan import count_nonfinite
 
 # CT and PET must share at least this fraction of the PET's physical box (less means a wrong pairing).
 MIN_OVERLAP = 0.5

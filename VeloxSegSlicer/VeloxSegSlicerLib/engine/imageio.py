@@ -12,6 +12,7 @@ from pathlib import Path
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
 from .errors import InputError
+from .nifti_scan import count_nonfinite
 
 # Writable formats for label images: single-file formats only, so the atomic rename covers everything.
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
@@ -99,6 +100,11 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
             f"{modality} file {_describe(path)} cannot be read as an image ({first_line}). Supported: NIfTI "
             "(.nii, .nii.gz), NRRD, MHA, or a DICOM series folder."
         ) from exc
+    nonfinite = count_nonfinite(path)  # ITK reads NaN in NIfTI as 0, so look at the file's own bytes
+    if nonfinite:
+        raise InputError(
+            f"{modality} file {_describe(path)} has {nonfinite} voxels that are NaN or infinite. Fix the export "
+            "(or replace them, e.g. by 0 for PET and -1000 for CT) and try again.")
     return check_geometry(image, modality, path)
 
 
