@@ -14,6 +14,7 @@ them, for comparison with spec §9), and the exported ONNX graph in ONNX Runtime
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -31,29 +32,7 @@ import torch  # noqa: E402
 from veloxseg_train.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from veloxseg_train.export import export_onnx  # noqa: E402
 from veloxseg_train.model import VeloxSeg  # noqa: E402
-from veloxseg_train.model.jlc import GroupConvBranch  # noqa: E402
-
-
-class PlainConvBranch(torch.nn.Module):
-    """A JLC branch evaluated with the grouped Conv3d itself, as the reference implementation does."""
-
-    def __init__(self, branch: GroupConvBranch):
-        super().__init__()
-        self.branch = branch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.branch.act(self.branch.norm(self.branch.conv(x)))
-
-
-def with_plain_grouped_convs(model: VeloxSeg) -> VeloxSeg:
-    import copy
-
-    plain = copy.deepcopy(model)
-    targets = [(parent, name, child) for parent in plain.modules() for name, child in parent.named_children()
-               if isinstance(child, GroupConvBranch)]
-    for parent, name, child in targets:  # replace after the walk: the wrappers contain the branches
-        setattr(parent, name, PlainConvBranch(child))
-    return plain
+from veloxseg_train.model.export_rewrites import with_plain_branches  # noqa: E402
 
 
 def ort_session(onnx_path: Path) -> ort.InferenceSession:
@@ -85,7 +64,7 @@ def main() -> None:
         session = ort_session(onnx_path)
         x = torch.randn(1, model.cfg.modalities, *model.cfg.input_size)
         feed = {"image": x.numpy()}
-        plain = with_plain_grouped_convs(model).eval()
+        plain = with_plain_branches(copy.deepcopy(model), max_kernel=99).eval()
         runners = {
             "PyTorch eager (this project)": lambda: model(x),
             "PyTorch eager, plain grouped Conv3d (reference-style)": lambda: plain(x),

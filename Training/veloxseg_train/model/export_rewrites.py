@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import DownConv
+from .jlc import GroupConvBranch
 
 
 class StridedDepthSlicedConv3d(nn.Module):
@@ -51,9 +52,31 @@ class StridedDepthSlicedConv3d(nn.Module):
         return out.reshape(b, channels, out_depth, out_h, out_w) + self.bias
 
 
+class PlainConvBranch(nn.Module):
+    """A JLC branch evaluated with its grouped Conv3d directly (no depth slicing)."""
+
+    def __init__(self, branch: GroupConvBranch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.branch.act(self.branch.norm(self.branch.conv(x)))
+
+
+def with_plain_branches(model: nn.Module, max_kernel: int) -> nn.Module:
+    """`model` (in place) with the JLC branches of kernel <= max_kernel as plain grouped Conv3d."""
+    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+               if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] <= max_kernel]
+    for parent, name, child in targets:  # replaced after the walk: the wrappers contain the branches
+        setattr(parent, name, PlainConvBranch(child))
+    return model
+
+
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
-    """A copy of `model` whose strided convolutions with kernel >= min_kernel (the stem) are depth-sliced."""
-    model = copy.deepcopy(model)
+    """A copy of `model` for ONNX Runtime: strided convolutions with kernel >= min_kernel (the stem)
+    depth-sliced, JLC branches with smaller kernels as plain grouped Conv3d (ORT needs no im2col for
+    1x1x1 and runs 3x3x3 as fast either way, so slicing would only add transposes)."""
+    model = with_plain_branches(copy.deepcopy(model), max_kernel=min_kernel - 1)
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)
