@@ -16,6 +16,7 @@ import slicer
 
 from . import mrml_io
 from .engine import read_image, read_pet_suv
+from .engine.imageio import is_dicom_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 EXCLUDED_TOKENS = {"mask", "masks", "label", "labels", "labelmap", "seg", "segmentation", "gtv", "roi",
@@ -42,15 +43,6 @@ def _tokens(relativePath):
     return set(re.split(r"[^a-z0-9]+", name)) - {""}
 
 
-def _isDicomFile(path):
-    try:
-        with open(path, "rb") as f:
-            header = f.read(132)
-    except OSError:
-        return False
-    return path.suffix.lower() == ".dcm" or header[128:132] == b"DICM"
-
-
 def _candidates(folder):
     """Image files and DICOM series folders under ``folder`` as paths relative to it."""
     found = []
@@ -61,7 +53,7 @@ def _candidates(folder):
             dirs[:] = []
         dirs.sort()
         files = sorted(files)
-        if depth > 0 and any(_isDicomFile(rootPath / f) for f in files[:5]):
+        if depth > 0 and any(is_dicom_file(rootPath / f) for f in files[:5]):
             found.append(rootPath.relative_to(folder))
             dirs[:] = []
             continue
