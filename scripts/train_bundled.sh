@@ -12,14 +12,16 @@ ibsi="${IBSI:-$root/../shared/data/ibsi-sts/cases}"
 "$bin/veloxseg-train" synth --out work-data/synth --count 60 --seed 0 --workers 2
 "$bin/veloxseg-train" prepare --out work-data/prep --synthetic work-data/synth --cases "$ibsi" \
     --val-fraction 0.1 --test-fraction 0.15 --seed 0 --workers 2
+# stage 1 (500 steps from random weights), then stage 2 (from stage 1's weights, hard-negative crops)
 "$bin/veloxseg-train" train --config Training/configs/bundled.toml
+"$bin/veloxseg-train" train --config Training/configs/bundled_stage2.toml
 # the SDKT ablation: the same short run with and without the Gram term, side by side
 "$bin/veloxseg-train" train --config Training/configs/ablation_sdkt.toml &
 "$bin/veloxseg-train" train --config Training/configs/ablation_no_sdkt.toml
 wait
-for run in bundled ablation_sdkt ablation_no_sdkt; do
+for run in bundled_stage2 ablation_sdkt ablation_no_sdkt; do
   "$bin/veloxseg-train" evaluate --model "work-data/runs/$run/checkpoints/last.pt" --cases work-data/prep \
       --split test --out "work-data/eval/$run"
 done
-"$bin/veloxseg-train" export work-data/runs/bundled/checkpoints/last.pt \
+"$bin/veloxseg-train" export work-data/runs/bundled_stage2/checkpoints/last.pt \
     --out VeloxSegSlicer/Resources/Models/veloxseg.onnx

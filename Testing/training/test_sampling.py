@@ -31,6 +31,32 @@ def test_lesion_fraction_follows_the_ratio(lesion_ratio, background_ratio, expec
             assert all(lo <= c < hi for c, lo, hi in zip(centre, volume.body_lo, volume.body_hi))
 
 
+def test_hard_negative_crops_are_centred_on_hot_background():
+    volume = _volume()
+    hot = 3.0  # normalised PET: the tiny case's hot organ (SUV 5 -> 2.0 after z-scoring) is below, lesion above
+    threshold = (2.5 - NORMALIZATION["PET"]["mean"]) / NORMALIZATION["PET"]["std"]
+    assert threshold < (5.0 - 1.0) / 2.0 < hot
+    sampler = CropSampler(PATCH, 0, 1, hard_negative_fraction=0.5, hot_threshold=threshold)
+    rng = np.random.default_rng(3)
+    centres = [sampler.draw_centre(volume, rng)[0] for _ in range(2000)]
+    is_hot = np.array([volume.image[1][c] >= threshold for c in centres])
+    assert not any(volume.label[c] for c in centres)  # never a lesion voxel, though the lesion is hotter
+    organ_share = np.mean((volume.image[1] >= threshold) & (volume.label == 0))
+    # half the draws are hard negatives, the other half hit the organ only by chance (uniform in the body box)
+    assert is_hot.mean() == pytest.approx(0.5 + 0.5 * organ_share, abs=0.05)
+    assert organ_share < 0.05
+
+
+def test_hard_negatives_fall_back_to_uniform_without_hot_background():
+    volume = _volume()
+    sampler = CropSampler(PATCH, 0, 1, hard_negative_fraction=1.0, hot_threshold=100.0)  # nothing that hot
+    rng = np.random.default_rng(4)
+    centres = [sampler.draw_centre(volume, rng)[0] for _ in range(50)]
+    assert len(set(centres)) > 40 and not any(volume.label[c] for c in centres)
+    with pytest.raises(ValueError, match="threshold"):
+        CropSampler(PATCH, 1, 1, hard_negative_fraction=0.5)
+
+
 def test_lesion_free_volume_gives_background_crops():
     volume = _volume(lesion=None)
     sampler = CropSampler(PATCH, 1, 0)  # asks for lesion crops only

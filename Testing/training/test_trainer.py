@@ -114,6 +114,30 @@ def test_ctrl_c_saves_a_checkpoint_at_a_step_boundary(run_a, tiny_prepared, tmp_
     _assert_same_tensors(saved["state_dict"], reference["state_dict"])
 
 
+def test_init_weights_starts_from_a_checkpoint_with_a_fresh_optimiser(run_a, tiny_prepared, tmp_path):
+    out_a, _ = run_a
+    weights = out_a / "checkpoints" / "last.pt"
+    trainer = Trainer(_config(init_weights=str(weights)), out_dir=tmp_path, data_dir=tiny_prepared,
+                      log=lambda m: None)
+    trainer.setup()
+    _assert_same_tensors(trainer.model.state_dict(), load_checkpoint(weights)["state_dict"])
+    assert trainer.global_step == 0 and not trainer.optimizer.state_dict()["state"]
+
+
+def test_init_weights_from_other_data_is_refused(run_a, tiny_prepared, tmp_path):
+    from veloxseg_train.checkpoint import model_from_checkpoint, save_checkpoint
+    from veloxseg_train.trainer import TrainingError
+
+    out_a, _ = run_a
+    payload = load_checkpoint(out_a / "checkpoints" / "last.pt")
+    other = dict(payload["normalization"], PET={**payload["normalization"]["PET"], "std": 9.0})
+    path = save_checkpoint(tmp_path / "other.pt", model_from_checkpoint(payload), other)
+    trainer = Trainer(_config(init_weights=str(path)), out_dir=tmp_path / "run", data_dir=tiny_prepared,
+                      log=lambda m: None)
+    with pytest.raises(TrainingError, match="normalisation"):
+        trainer.setup()
+
+
 def test_evaluate_checkpoint_and_onnx(run_a, tiny_prepared, tmp_path):
     from veloxseg_train.evaluate import BASELINES, evaluate
 

@@ -3,16 +3,18 @@
 Per step every process takes `volumes_per_step` volumes and cuts `crops_per_volume` crops from each
 (the reference: 2 x 2). Each crop is centred on a lesion voxel with probability
 lesion_ratio / (lesion_ratio + background_ratio), otherwise on a background voxel inside the body's bounding
-box (the reference's CropForeground + RandCropByPosNegLabel). Lesion-free volumes always give background
-crops. A crop whose centre is near the border is shifted inwards so it stays inside the volume; volumes
-smaller than a crop were padded when loaded.
+box (the reference's CropForeground + RandCropByPosNegLabel). Optionally (not in the reference) a share of the
+background crops is centred on a hot non-lesion voxel instead, so that short runs see the physiological
+uptake the model must learn to leave out (brain, bladder, kidneys...) more often than uniform centring
+would show it. Lesion-free volumes always give background crops. A crop whose centre is near the border
+is shifted inwards so it stays inside the volume; volumes smaller than a crop were padded when loaded.
 
 All randomness comes from a `numpy.random.Generator` owned by the caller, so a resumed run can restore it.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,14 +47,44 @@ def epoch_plan(n_volumes: int, epoch: int, seed: int, volumes_per_step: int, ste
 class CropSampler:
     """Draws crop centres (lesion or background) and cuts crops out of a `Volume`."""
 
+    # Hot voxels kept per volume for hard-negative centring: enough to cover every hot organ, small in memory.
+    MAX_HOT_VOXELS = 50_000
+
     def __init__(self, patch_size: Sequence[int], lesion_ratio: float = 1.0, background_ratio: float = 1.0,
-                 max_tries: int = 100):
+                 max_tries: int = 100, hard_negative_fraction: float = 0.0,
+                 hot_threshold: Optional[float] = None):
+        """hot_threshold: the normalised PET value (channel 1) from which a voxel is hot; needed when
+        hard_negative_fraction > 0."""
         total = lesion_ratio + background_ratio
         if total <= 0 or lesion_ratio < 0 or background_ratio < 0:
             raise ValueError("lesion_ratio and background_ratio must be >= 0 and not both 0")
+        if not 0 <= hard_negative_fraction <= 1:
+            raise ValueError("hard_negative_fraction must be in [0, 1]")
+        if hard_negative_fraction > 0 and hot_threshold is None:
+            raise ValueError("hard-negative centring needs the hot PET threshold")
         self.patch_size = tuple(int(p) for p in patch_size)
         self.lesion_probability = lesion_ratio / total
         self.max_tries = max_tries
+        self.hard_negative_fraction = hard_negative_fraction
+        self.hot_threshold = hot_threshold
+        self._hot_index: Dict[str, np.ndarray] = {}
+
+    def hot_index(self, volume: Volume) -> np.ndarray:
+        """Flat indices of hot non-lesion voxels of `volume` (computed once; evenly thinned if many)."""
+        index = self._hot_index.get(volume.name)
+        if index is None:
+            hot = (volume.image[1] >= self.hot_threshold) & (volume.label == 0)
+            index = np.flatnonzero(hot)
+            if len(index) > self.MAX_HOT_VOXELS:  # deterministic thinning keeps every organ represented
+                index = index[:: -(-len(index) // self.MAX_HOT_VOXELS)]
+            self._hot_index[volume.name] = index
+        return index
+
+    def hard_negative_centre(self, volume: Volume, rng: np.random.Generator) -> Optional[Centre]:
+        index = self.hot_index(volume)
+        if not len(index):
+            return None
+        return tuple(int(i) for i in np.unravel_index(index[rng.integers(len(index))], volume.shape))
 
     def lesion_centre(self, volume: Volume, rng: np.random.Generator) -> Centre:
         flat = volume.lesion_index[rng.integers(len(volume.lesion_index))]
@@ -79,6 +111,10 @@ class CropSampler:
         want_lesion = rng.random() < self.lesion_probability
         if want_lesion and len(volume.lesion_index):
             return self.lesion_centre(volume, rng), True
+        if self.hard_negative_fraction > 0 and rng.random() < self.hard_negative_fraction:
+            centre = self.hard_negative_centre(volume, rng)
+            if centre is not None:  # a volume without hot background falls back to uniform centring
+                return centre, False
         return self.background_centre(volume, rng), False
 
     def crop_start(self, shape: Sequence[int], centre: Centre) -> Tuple[int, int, int]:

@@ -53,6 +53,9 @@ class TrainConfig:
     lesion_ratio: float = _f(1.0, "sampling", "relative weight of lesion-centred crops")
     background_ratio: float = _f(1.0, "sampling", "relative weight of background-centred crops")
     steps_per_epoch: int = _f(0, "sampling", "0 = one pass over the training volumes")
+    hard_negative_fraction: float = _f(0.0, "sampling", "share of background crops centred on a hot non-lesion "
+                                       "voxel (PET >= hard_negative_suv) instead of a uniform one; 0 = reference")
+    hard_negative_suv: float = _f(2.5, "sampling", "SUV from which a non-lesion voxel counts as hot")
 
     # [augment]
     rotate: bool = _f(True, "augment", "random rotation about the z axis (in the axial y-x plane)")
@@ -91,6 +94,8 @@ class TrainConfig:
                   "'fp16' or 'off'")
     num_threads: int = _f(0, "train", "torch CPU threads (0 = torch's default)")
     cudnn_deterministic: bool = _f(True, "train", "deterministic cuDNN, benchmark off (the reference)")
+    init_weights: str = _f("", "train", "start from the weights of this checkpoint of this project (fresh "
+                           "optimiser and schedule; '' = random initialisation); relative to the working folder")
     time_budget_minutes: float = _f(0.0, "train", "stop cleanly after this many minutes (0 = no limit)")
     progress_bar: bool = _f(True, "train", "show a tqdm progress bar")
 
@@ -127,6 +132,8 @@ class TrainConfig:
              and self.lesion_ratio + self.background_ratio > 0,
              "lesion_ratio and background_ratio must be >= 0 and not both 0")
         need(self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0")
+        need(0 <= self.hard_negative_fraction <= 1, "hard_negative_fraction must be in [0, 1]")
+        need(self.hard_negative_suv > 0, "hard_negative_suv must be > 0")
         need(0 <= self.rotate_p <= 1 and 0 <= self.flip_z_p <= 1, "rotate_p and flip_z_p must be in [0, 1]")
         need(self.rotate_range_deg >= 0, "rotate_range_deg must be >= 0")
         need(len(self.ds_weights) == 4 and all(w >= 0 for w in self.ds_weights) and sum(self.ds_weights) > 0,

@@ -272,7 +272,9 @@ class Trainer:
                                      config.patch_size, config.seed) if self.val_store else [])
         if not self.val_items:
             self.log("No validation cases: validation metrics and best.pt are skipped.")
-        self.sampler = CropSampler(config.patch_size, config.lesion_ratio, config.background_ratio)
+        self.sampler = CropSampler(config.patch_size, config.lesion_ratio, config.background_ratio,
+                                   hard_negative_fraction=config.hard_negative_fraction,
+                                   hot_threshold=self._normalised_pet(config.hard_negative_suv))
         self.augment = augment.AugmentSettings.from_config(config)
         self.steps_per_epoch = len(epoch_plan(len(self.train_store), 0, config.seed, config.volumes_per_step,
                                               config.steps_per_epoch, 0, self.dist.world_size))
@@ -301,7 +303,29 @@ class Trainer:
         self.bad_steps = 0
         if self.resume_path:
             self._resume(self.resume_path)
+        elif config.init_weights:
+            self._load_initial_weights(Path(config.init_weights))
         self.is_set_up = True
+
+    def _normalised_pet(self, suv: float) -> float:
+        """An SUV expressed in the normalised PET channel of the prepared data (clip, then z-score)."""
+        pet = self.dataset.normalization["PET"]
+        suv = min(max(suv, pet["clip_low"]), pet["clip_high"])
+        return (suv - pet["mean"]) / pet["std"]
+
+    def _load_initial_weights(self, path: Path) -> None:
+        """Start from earlier weights (a second stage of a run): model only, fresh optimiser and schedule."""
+        payload = load_checkpoint(path)
+        if payload.get("normalization") != self.dataset.normalization:
+            raise TrainingError(f"init_weights {path} was trained with normalisation {payload.get('normalization')}"
+                                f", but {self.data_dir} has {self.dataset.normalization}; use weights trained on "
+                                "the same prepared data")
+        result = self.model.load_state_dict(payload["state_dict"], strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise TrainingError(f"init_weights {path} does not fit this model: missing {sorted(result.missing_keys)}"
+                                f", unexpected {sorted(result.unexpected_keys)}")
+        steps = payload.get("extra", {}).get("steps")
+        self.log(f"Initial weights from {path}" + (f" (trained {steps} steps)" if steps is not None else "") + ".")
 
     def _resume(self, path: Path) -> None:
         payload = load_checkpoint(path)
