@@ -14,7 +14,6 @@ from engine_helpers import hot_voxel_pet, make_image, phantom
 
 from VeloxSegSlicerLib.engine import batch as batch_module
 from VeloxSegSlicerLib.engine import cli
-from VeloxSegSlicerLib.engine.batch import find_study_inputs
 from VeloxSegSlicerLib.engine.errors import InputError
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
@@ -135,26 +134,6 @@ def test_bad_option_value_is_a_usage_error(capsys, study):
 
 
 # --- batch ---------------------------------------------------------------------------------------------
-
-
-def test_find_study_inputs(tmp_path):
-    autopet = tmp_path / "autopet"
-    autopet.mkdir()
-    for name in ("CT.nii.gz", "CTres.nii.gz", "PET.nii.gz", "SUV.nii.gz", "SEG.nii.gz"):
-        (autopet / name).touch()
-    assert [p.name for p in find_study_inputs(autopet)] == ["CT.nii.gz", "SUV.nii.gz"]
-    ibsi = tmp_path / "ibsi"
-    ibsi.mkdir()
-    for name in ("CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz", "PET_GTV_mask.nii.gz"):
-        (ibsi / name).touch()
-    assert [p.name for p in find_study_inputs(ibsi)] == ["CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"]
-    dicom = tmp_path / "dicom"
-    (dicom / "CT").mkdir(parents=True)
-    (dicom / "PET").mkdir()
-    assert [p.name for p in find_study_inputs(dicom)] == ["CT", "PET"]
-    (ibsi / "CT_fullres.nii.gz").touch()
-    with pytest.raises(InputError, match="several CT"):
-        find_study_inputs(ibsi)
 
 
 def test_batch_continues_after_a_failure_and_skips_finished_studies(tmp_path, capsys, manifest_path, monkeypatch):

@@ -1,29 +1,20 @@
 """Folder batch helpers of the Logic: find the CT and PET of each case, load them, save the results.
 
-A case is a folder holding one CT and one PET: image files (NIfTI, NRRD, MHA) or DICOM series folders,
-possibly one level down (e.g. ``CT/image/*.dcm``). Names decide which is which, unless glob patterns
-are given.
+A case is a folder holding one CT and one PET (image files or DICOM series folders, possibly one or two
+levels down); which is which follows the engine's rule (`engine.study_inputs`), the same as
+`veloxseg batch`, or glob patterns when given.
 """
 
 import csv
-import fnmatch
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import slicer
 
 from . import mrml_io
-from .engine import read_image, read_pet_suv
-from .engine.imageio import is_dicom_file
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-EXCLUDED_TOKENS = {"mask", "masks", "label", "labels", "labelmap", "seg", "segmentation", "gtv", "roi",
-                   "rtstruct", "rtss"}
-CT_TOKENS = {"ct"}
-PET_TOKENS = {"pet", "suv", "pt"}
-MAX_DEPTH = 3
+from .engine import InputError, read_image, read_pet_suv
+from .engine.study_inputs import find_study_inputs, study_candidates
 
 
 @dataclass
@@ -35,57 +26,16 @@ class Case:
     problem: str = ""  # why the case cannot run (reported in the summary), or ''
 
 
-def _tokens(relativePath):
-    name = str(relativePath).lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return set(re.split(r"[^a-z0-9]+", name)) - {""}
-
-
-def _candidates(folder):
-    """Image files and DICOM series folders under ``folder`` as paths relative to it."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        rootPath = Path(root)
-        depth = len(rootPath.relative_to(folder).parts)
-        if depth >= MAX_DEPTH:
-            dirs[:] = []
-        dirs.sort()
-        files = sorted(files)
-        if depth > 0 and any(is_dicom_file(rootPath / f) for f in files[:5]):
-            found.append(rootPath.relative_to(folder))
-            dirs[:] = []
-            continue
-        found.extend((rootPath / f).relative_to(folder) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-    return found
-
-
-def _pick(candidates, pattern, wanted, other, role):
-    if pattern:
-        matches = [c for c in candidates if fnmatch.fnmatch(c.as_posix(), pattern)
-                   or fnmatch.fnmatch(c.name, pattern)]
-    else:
-        matches = [c for c in candidates
-                   if _tokens(c) & wanted and not _tokens(c) & other and not _tokens(c) & EXCLUDED_TOKENS]
-    if len(matches) == 1:
-        return matches[0], ""
-    if not matches:
-        return None, f"no {role} found"
-    listed = ", ".join(m.as_posix() for m in matches)
-    return None, f"several {role} candidates ({listed}); pass a {role.lower()}Pattern"
-
-
 def findCase(folder, ctPattern=None, petPattern=None):
     """The Case of one folder, or None when it holds no image at all."""
     folder = Path(folder)
-    candidates = _candidates(folder)
-    if not candidates:
+    if not study_candidates(folder):
         return None
-    ct, ctProblem = _pick(candidates, ctPattern, CT_TOKENS, PET_TOKENS, "CT")
-    pet, petProblem = _pick(candidates, petPattern, PET_TOKENS, CT_TOKENS, "PET")
-    problem = "; ".join(p for p in (ctProblem, petProblem) if p)
-    return Case(folder.name, folder, folder / ct if ct else None, folder / pet if pet else None, problem)
+    try:
+        ctPath, petPath = find_study_inputs(folder, ctPattern, petPattern)
+    except InputError as exc:
+        return Case(folder.name, folder, problem=str(exc))
+    return Case(folder.name, folder, ctPath, petPath)
 
 
 def findCases(inputDir, ctPattern=None, petPattern=None):
@@ -106,8 +56,6 @@ def findCases(inputDir, ctPattern=None, petPattern=None):
 
 def loadCase(case):
     """Read a case into the scene; PET DICOM becomes SUVbw. Returns (ctNode, petNode)."""
-    from .engine import InputError
-
     if case.problem:
         raise InputError(f"{case.name}: {case.problem}")
     ctImage = read_image(case.ctPath, "CT")

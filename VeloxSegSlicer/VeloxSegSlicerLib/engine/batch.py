@@ -1,12 +1,7 @@
 """`veloxseg batch`: one study per subfolder of an input folder.
 
-Finding the inputs of a study (names compared case-insensitively; an entry is an image file .nii, .nii.gz,
-.nrrd, .nhdr, .mha, .mhd, or a subfolder holding a DICOM series; names containing mask, seg, label or gtv
-are ignored):
-- CT: the entry whose name starts with "ct" (CT.nii.gz, ct_on_pet_grid.nrrd, CT/ ...). If several, the one
-  named exactly "ct" wins, else the study fails as ambiguous.
-- PET: the entry whose name starts with "pet" or "suv". If several, those containing "suv" win (AutoPET has
-  PET.nii.gz in Bq/mL next to SUV.nii.gz), then one named exactly "suv" or "pet"; else ambiguous.
+The CT and PET of each study are found by `study_inputs.find_study_inputs` (names, or the --ct-pattern /
+--pet-pattern globs; DICOM series folders and one or two folder levels below the study are searched).
 Outputs go to <output>/<study>/lesions.nii.gz (CT grid) and <output>/<study>/lesions.csv; the CSV is
 written last, so a study with both files is finished and is skipped on a rerun. <output>/summary.csv has
 one row per study. A failing study is reported and the others continue.
@@ -23,58 +18,13 @@ from .errors import Cancelled, InputError, ModelError, VeloxSegError
 from .imageio import read_image
 from .outputs import AtomicOutputs, check_writable, read_stats_totals
 from .pipeline import segment_study
+from .study_inputs import find_study_inputs
 from .suv import read_pet_suv
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-IGNORED_WORDS = ("mask", "seg", "label", "gtv")
 LABEL_NAME = "lesions.nii.gz"
 STATS_NAME = "lesions.csv"
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("study", "status", "lesion_count", "total_mtv_ml", "total_tlg", "seconds", "ct", "pet", "message")
-
-
-def _stem(path: Path) -> str:
-    name = path.name.lower()
-    if path.is_dir():
-        return name
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return ""
-
-
-def _entries(folder: Path) -> list:
-    entries = []
-    for path in sorted(folder.iterdir()):
-        stem = _stem(path)
-        if stem and not stem.startswith(".") and not any(word in stem for word in IGNORED_WORDS):
-            entries.append((stem, path))
-    return entries
-
-
-def _pick(candidates: list, preferences, modality: str, folder: Path) -> Path:
-    for prefer in preferences:
-        if len(candidates) <= 1:
-            break
-        preferred = [c for c in candidates if prefer(c[0])]
-        if preferred:
-            candidates = preferred
-    if not candidates:
-        raise InputError(f"no {modality} found in '{folder}' (see the naming rule in `veloxseg batch --help`).")
-    if len(candidates) > 1:
-        names = ", ".join(path.name for _, path in candidates)
-        raise InputError(f"several {modality} candidates in '{folder}': {names}; keep one or rename the others.")
-    return candidates[0][1]
-
-
-def find_study_inputs(folder: Path) -> tuple:
-    """(ct_path, pet_path) of a study folder, by the rule in this module's docstring."""
-    entries = _entries(folder)
-    cts = [e for e in entries if e[0].startswith("ct")]
-    pets = [e for e in entries if e[0].startswith(("pet", "suv"))]
-    ct = _pick(cts, [lambda s: s == "ct"], "CT", folder)
-    pet = _pick(pets, [lambda s: "suv" in s, lambda s: s in ("suv", "pet")], "PET", folder)
-    return ct, pet
 
 
 def _failure_code(exc: BaseException) -> int:
@@ -85,7 +35,8 @@ def _failure_code(exc: BaseException) -> int:
     return 4
 
 
-def run_batch(input_dir, output_dir, model, options, progress_factory=None, log=print, cancelled=None) -> int:
+def run_batch(input_dir, output_dir, model, options, progress_factory=None, log=print, cancelled=None,
+              ct_pattern=None, pet_pattern=None) -> int:
     """Process every study; returns the exit code (0, or the worst failure's code: 2 input, 4 runtime)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
@@ -114,8 +65,8 @@ def run_batch(input_dir, output_dir, model, options, progress_factory=None, log=
                 rows.append(row)
                 continue
             try:
-                ct_path, pet_path = find_study_inputs(study)
-                row.update(ct=ct_path.name, pet=pet_path.name)
+                ct_path, pet_path = find_study_inputs(study, ct_pattern, pet_pattern)
+                row.update(ct=ct_path.relative_to(study).as_posix(), pet=pet_path.relative_to(study).as_posix())
                 ct, pet = read_image(ct_path, "CT"), read_pet_suv(pet_path)
                 progress = progress_factory(f"[{number}/{len(studies)}] {study.name} ") if progress_factory else None
                 try:

@@ -15,6 +15,7 @@ import time
 import traceback
 
 from . import batch as batch_module
+from . import study_inputs
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
 from .imageio import read_image
 from .manifest import load_manifest, verify_model_file
@@ -93,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "batch",
         help="segment every study subfolder of a folder",
         description="Segment one study per subfolder of --input.",
-        epilog=batch_module.__doc__.split("\n", 1)[1],
+        epilog=batch_module.__doc__.split("\n", 1)[1] + "\n" + study_inputs.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("--input", required=True, metavar="DIR", help="folder with one subfolder per study")
     batch.add_argument("--output", required=True, metavar="DIR", help="results folder (created if missing)")
+    batch.add_argument("--ct-pattern", metavar="GLOB", help="glob for the CT of each study (instead of the names)")
+    batch.add_argument("--pet-pattern", metavar="GLOB", help="glob for the PET of each study (instead of the names)")
     _add_run_options(batch)
 
     info = sub.add_parser("info", help="print the model manifest and check the model file")
@@ -165,6 +168,8 @@ def command_batch(args, cancelled=None) -> int:
         _options(args),
         progress_factory=lambda prefix: ProgressBar(prefix=prefix),
         cancelled=cancelled,
+        ct_pattern=args.ct_pattern,
+        pet_pattern=args.pet_pattern,
     )
 
 
