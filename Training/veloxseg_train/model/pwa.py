@@ -109,16 +109,17 @@ class PairedWindowAttention(nn.Module):
             queries.append(self._gather(q, self.qk_per_pair))
             keys.append(self._gather(k, self.qk_per_pair))
             values.append(self._gather(v, self.v_per_pair))
-        # modalities side by side on the token axis: [CT tokens ; PET tokens]
-        q = torch.cat(queries, dim=4).permute(0, 1, 3, 4, 2)  # (B, H, W, M*T, d)
-        k = torch.cat(keys, dim=4).permute(0, 1, 3, 2, 4)  # (B, H, W, d, M*T)
-        v = torch.cat(values, dim=4).permute(0, 1, 3, 4, 2)  # (B, H, W, M*T, dv)
+        # modalities side by side on the token axis: [CT tokens ; PET tokens]. Windows before heads, so the
+        # per-head bias below broadcasts over the leading axes only (a fast, cache-friendly add in ORT).
+        q = torch.cat(queries, dim=4).permute(0, 3, 1, 4, 2)  # (B, W, H, M*T, d)
+        k = torch.cat(keys, dim=4).permute(0, 3, 1, 2, 4)  # (B, W, H, d, M*T)
+        v = torch.cat(values, dim=4).permute(0, 3, 1, 4, 2)  # (B, W, H, M*T, dv)
 
-        scores = torch.matmul(q * self.scale, k)  # (B, H, W, M*T, M*T)
+        scores = torch.matmul(q * self.scale, k)  # (B, W, H, M*T, M*T)
         # the same bias for all M x M modality blocks: broadcast a pre-tiled copy (no slice writes)
         bias = self.rel_pos().repeat(1, self.modalities, self.modalities)  # (H, M*T, M*T)
-        attn = self.attn_drop(torch.softmax(scores + bias[:, None], dim=-1))
-        out = torch.matmul(attn, v).permute(0, 1, 4, 2, 3)  # (B, H, dv, W, M*T)
+        attn = self.attn_drop(torch.softmax(scores + bias, dim=-1))
+        out = torch.matmul(attn, v).permute(0, 2, 4, 1, 3)  # (B, H, dv, W, M*T)
 
         tokens = out.shape[-1] // self.modalities
         results = []
