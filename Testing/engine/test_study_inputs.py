@@ -28,7 +28,7 @@ def test_autopet_layout_prefers_plain_ct_and_suv(tmp_path):
 
 
 def test_ibsi_layout_ignores_the_mask(tmp_path):
-    study = _study(tmp_path, "CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz", "PET_GTV_mask.nii.gz")
+    study = _study(tmp_path, "CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz", "PET_GTV_mask.nii.gz", "CTV.nii.gz")
     assert _relative(study, find_study_inputs(study)) == ["CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"]
     (study / "CT_fullres.nii.gz").touch()
     with pytest.raises(InputError, match="several CT candidates.*CT_fullres.nii.gz.*CT_on_PET_grid"):

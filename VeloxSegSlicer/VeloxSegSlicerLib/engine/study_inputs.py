@@ -5,7 +5,8 @@ Candidates are image files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) and DICOM s
 study folder or up to two folder levels below it (e.g. ``CT/image/*.dcm``). Names are compared
 case-insensitively, split into words at any non-alphanumeric character, over the path relative to the
 study folder:
-- a candidate with a word meaning mask, label, segmentation, GTV, ROI or RT structure is ignored;
+- a candidate with a word meaning mask, label, segmentation, target volume (GTV, CTV, PTV), ROI or RT
+  structure is ignored;
 - its role is given by its first word that starts with "ct" (CT), or with "pet" or "suv", or is "pt"
   (PET): ``CT_on_PET_grid.nii.gz`` is a CT, ``PET/`` a PET;
 - several CTs: those with the exact word "ct" win (``CT.nii.gz`` over ``CTres.nii.gz``); several PETs:
@@ -26,7 +27,7 @@ from .errors import InputError
 from .imageio import is_dicom_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-IGNORED_WORDS = ("mask", "label", "seg", "gtv", "roi", "rtstruct", "rtss")  # word prefixes
+IGNORED_WORDS = ("mask", "label", "seg", "gtv", "ctv", "ptv", "roi", "rtstruct", "rtss")  # word prefixes
 MAX_DEPTH = 3  # the study folder and two levels below it
 
 
