@@ -27,6 +27,14 @@ def run(capsys, *args):
     return code, captured.out, captured.err
 
 
+def run_segment(capsys, ct, pet, out, model, stats=None, extra=()):
+    """`veloxseg segment` with the usual arguments; returns (code, stdout, stderr)."""
+    args = ["segment", "--ct", ct, "--pet", pet, "--out", out]
+    if stats is not None:
+        args += ["--stats", stats]
+    return run(capsys, *args, "--model", model, *extra)
+
+
 def write_study(folder: Path, ct=None, pet=None, ct_name="ct.nii.gz", pet_name="pet.nii.gz"):
     folder.mkdir(parents=True, exist_ok=True)
     ct = ct if ct is not None else phantom([], kind="CT", **GRID)
@@ -53,19 +61,8 @@ def study(tmp_path):
 
 def test_segment_small_real_study(tmp_path, capsys, manifest_path):
     out, stats = tmp_path / "lesions.nii.gz", tmp_path / "stats.csv"
-    code, stdout, _ = run(
-        capsys,
-        "segment",
-        "--ct",
-        SMALL_STUDY / "ct.nii.gz",
-        "--pet",
-        SMALL_STUDY / "pet.nii.gz",
-        "--out",
-        out,
-        "--stats",
-        stats,
-        "--model",
-        manifest_path,
+    code, stdout, _ = run_segment(
+        capsys, SMALL_STUDY / "ct.nii.gz", SMALL_STUDY / "pet.nii.gz", out, manifest_path, stats=stats
     )
     assert code == 0, stdout
     assert files_in(tmp_path) == {"lesions.nii.gz", "stats.csv"}
@@ -88,8 +85,7 @@ def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys,
     ct = phantom([], (90, 70, 70), (0.9, 0.9, 1.25), (-40.72, -40.72 + 8 * 2.036, -45.0), kind="CT")
     ct_path, pet_path = write_study(tmp_path, ct, pet)
     out, stats = tmp_path / "o.nrrd", tmp_path / "s.csv"
-    code, stdout, err = run(capsys, "segment", "--ct", ct_path, "--pet", pet_path, "--out", out, "--stats", stats,
-                            "--model", manifest_path)
+    code, stdout, err = run_segment(capsys, ct_path, pet_path, out, manifest_path, stats=stats)
     assert code == 0, err
     rows = {row["lesion_id"]: row for row in csv.DictReader(stats.open())}
     assert sorted(row["on_ct"] for row in rows.values()) == ["0", "1"]
@@ -107,9 +103,7 @@ def test_segment_volume_smaller_than_a_patch(tmp_path, capsys, manifest_path):
         phantom([], kind="CT", body_radius_mm=20.0, **grid),
         phantom([((0.0, 0.0, 0.0), 8.0, 9.0)], kind="PET", body_radius_mm=20.0, **grid),
     )
-    code, _, err = run(
-        capsys, "segment", "--ct", ct, "--pet", pet, "--out", tmp_path / "o.nrrd", "--model", manifest_path
-    )
+    code, _, err = run_segment(capsys, ct, pet, tmp_path / "o.nrrd", manifest_path)
     assert code == 0, err
     label = sitk.ReadImage(str(tmp_path / "o.nrrd"))
     assert label.GetSize() == (20, 18, 12)
@@ -178,20 +172,8 @@ def test_batch_continues_after_a_failure_and_skips_finished_studies(tmp_path, ca
 def _bad_input(capsys, tmp_path, ct, pet, manifest_path, expected_code=2, extra=()):
     out = tmp_path / "result"
     out.mkdir(exist_ok=True)
-    code, stdout, err = run(
-        capsys,
-        "segment",
-        "--ct",
-        ct,
-        "--pet",
-        pet,
-        "--out",
-        out / "lesions.nii.gz",
-        "--stats",
-        out / "stats.csv",
-        "--model",
-        manifest_path,
-        *extra,
+    code, stdout, err = run_segment(
+        capsys, ct, pet, out / "lesions.nii.gz", manifest_path, stats=out / "stats.csv", extra=extra
     )
     assert code == expected_code, err
     assert files_in(out) == set(), "something was written"
@@ -345,20 +327,7 @@ def test_interrupt_during_inference_writes_nothing(tmp_path, capsys, study, mani
         raise KeyboardInterrupt
 
     _patched_model(monkeypatch, interrupted)
-    code, _, err = run(
-        capsys,
-        "segment",
-        "--ct",
-        ct,
-        "--pet",
-        pet,
-        "--out",
-        out / "l.nii.gz",
-        "--stats",
-        out / "s.csv",
-        "--model",
-        manifest_path,
-    )
+    code, _, err = run_segment(capsys, ct, pet, out / "l.nii.gz", manifest_path, stats=out / "s.csv")
     assert code == 130 and "Cancelled" in err
     assert files_in(out) == set()
 
@@ -383,7 +352,7 @@ def test_runtime_failure_writes_nothing(tmp_path, capsys, study, manifest_path, 
         raise RuntimeError("onnxruntime exploded")
 
     _patched_model(monkeypatch, broken)
-    code, _, err = run(capsys, "segment", "--ct", ct, "--pet", pet, "--out", out / "l.nii.gz", "--model", manifest_path)
+    code, _, err = run_segment(capsys, ct, pet, out / "l.nii.gz", manifest_path)
     assert code == 4 and "onnxruntime exploded" in err
     assert files_in(out) == set()
 
@@ -396,19 +365,6 @@ def test_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, study,
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(outputs, "write_stats_csv", disk_full)
-    code, _, err = run(
-        capsys,
-        "segment",
-        "--ct",
-        ct,
-        "--pet",
-        pet,
-        "--out",
-        out / "l.nii.gz",
-        "--stats",
-        out / "s.csv",
-        "--model",
-        manifest_path,
-    )
+    code, _, err = run_segment(capsys, ct, pet, out / "l.nii.gz", manifest_path, stats=out / "s.csv")
     assert code == 4 and "No space left" in err
     assert files_in(out) == set()
