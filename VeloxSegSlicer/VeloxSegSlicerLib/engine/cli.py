@@ -28,34 +28,24 @@ from .suv import read_pet_suv
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 130
 
 
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0 = all cores), got {text!r}")
-    return value
+def _checked(convert, ok, requirement: str):
+    """An argparse type: `convert` the text, then require `ok(value)`, else say what is needed."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _overlap(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return value
-
-
-def _volume(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of mL >= 0, got {text!r}")
-    return value
+_threads = _checked(int, lambda v: v >= 0, "a whole number >= 0 (0 = all cores)")
+_overlap = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
+_volume = _checked(float, lambda v: 0.0 <= v < float("inf"), "a number of mL >= 0")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
