@@ -57,6 +57,27 @@ def test_hard_negatives_fall_back_to_uniform_without_hot_background():
         CropSampler(PATCH, 1, 1, hard_negative_fraction=0.5)
 
 
+def test_centre_jitter_spreads_lesions_over_the_crop():
+    volume = _volume()  # one lesion of radius 4 around (30, 35, 40), far from the volume's border
+    lesion_centre = np.array((30, 35, 40))
+
+    def lesion_positions(sampler):  # where the lesion's centre lies in each lesion crop
+        rng = np.random.default_rng(5)
+        draws = [sampler.draw_centre(volume, rng) for _ in range(600)]
+        return np.array([lesion_centre - sampler.crop_start(volume.shape, c) for c, lesion in draws if lesion])
+
+    central = lesion_positions(CropSampler(PATCH))
+    spread = lesion_positions(CropSampler(PATCH, centre_jitter=0.9))
+    assert np.abs(central - 16).max() <= 4  # without jitter: always within a lesion radius of the middle
+    assert np.abs(spread - 16).max() >= 12 and np.abs(spread - 16).max() <= 14 + 4
+    assert (spread < 16).any(axis=0).all() and (spread > 16).any(axis=0).all()  # both sides, every axis
+    sampler = CropSampler(PATCH, centre_jitter=0.9)
+    rng = np.random.default_rng(6)
+    assert all(label.any() for _, label, lesion in sampler.sample(volume, 200, rng) if lesion)
+    with pytest.raises(ValueError, match="centre_jitter"):
+        CropSampler(PATCH, centre_jitter=1.5)
+
+
 def test_lesion_free_volume_gives_background_crops():
     volume = _volume(lesion=None)
     sampler = CropSampler(PATCH, 1, 0)  # asks for lesion crops only

@@ -6,7 +6,10 @@ lesion_ratio / (lesion_ratio + background_ratio), otherwise on a background voxe
 box (the reference's CropForeground + RandCropByPosNegLabel). Optionally (not in the reference) a share of the
 background crops is centred on a hot non-lesion voxel instead, so that short runs see the physiological
 uptake the model must learn to leave out (brain, bladder, kidneys...) more often than uniform centring
-would show it. Lesion-free volumes always give background crops. A crop whose centre is near the border
+would show it. Also optional (`centre_jitter`, not in the reference): lesion and hot centres are moved by a
+random offset of up to jitter x half a crop per axis, so the lesion does not always sit in the middle of the
+crop. Without it a short run learns "lesions are central" and misses them wherever a sliding window puts
+them off-centre. Lesion-free volumes always give background crops. A crop whose centre is near the border
 is shifted inwards so it stays inside the volume; volumes smaller than a crop were padded when loaded.
 
 All randomness comes from a `numpy.random.Generator` owned by the caller, so a resumed run can restore it.
@@ -52,7 +55,7 @@ class CropSampler:
 
     def __init__(self, patch_size: Sequence[int], lesion_ratio: float = 1.0, background_ratio: float = 1.0,
                  max_tries: int = 100, hard_negative_fraction: float = 0.0,
-                 hot_threshold: Optional[float] = None):
+                 hot_threshold: Optional[float] = None, centre_jitter: float = 0.0):
         """hot_threshold: the normalised PET value (channel 1) from which a voxel is hot; needed when
         hard_negative_fraction > 0."""
         total = lesion_ratio + background_ratio
@@ -60,6 +63,8 @@ class CropSampler:
             raise ValueError("lesion_ratio and background_ratio must be >= 0 and not both 0")
         if not 0 <= hard_negative_fraction <= 1:
             raise ValueError("hard_negative_fraction must be in [0, 1]")
+        if not 0 <= centre_jitter <= 1:
+            raise ValueError("centre_jitter must be in [0, 1]")
         if hard_negative_fraction > 0 and hot_threshold is None:
             raise ValueError("hard-negative centring needs the hot PET threshold")
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -67,6 +72,7 @@ class CropSampler:
         self.max_tries = max_tries
         self.hard_negative_fraction = hard_negative_fraction
         self.hot_threshold = hot_threshold
+        self.max_offset = tuple(int(centre_jitter * (p // 2)) for p in self.patch_size)
         self._hot_index: Dict[str, np.ndarray] = {}
 
     def hot_index(self, volume: Volume) -> np.ndarray:
@@ -90,6 +96,12 @@ class CropSampler:
         flat = volume.lesion_index[rng.integers(len(volume.lesion_index))]
         return tuple(int(i) for i in np.unravel_index(flat, volume.shape))
 
+    def jittered(self, centre: Centre, rng: np.random.Generator) -> Centre:
+        """`centre` moved by up to max_offset per axis (unchanged, and no draw, when jitter is 0)."""
+        if not any(self.max_offset):
+            return centre
+        return tuple(int(c + rng.integers(-m, m + 1)) for c, m in zip(centre, self.max_offset))
+
     def background_centre(self, volume: Volume, rng: np.random.Generator) -> Centre:
         """A uniformly drawn label-0 voxel of the body box (rejection sampling: lesions are rare)."""
         lo, hi = volume.body_lo, volume.body_hi
@@ -110,11 +122,11 @@ class CropSampler:
         """
         want_lesion = rng.random() < self.lesion_probability
         if want_lesion and len(volume.lesion_index):
-            return self.lesion_centre(volume, rng), True
+            return self.jittered(self.lesion_centre(volume, rng), rng), True
         if self.hard_negative_fraction > 0 and rng.random() < self.hard_negative_fraction:
             centre = self.hard_negative_centre(volume, rng)
             if centre is not None:  # a volume without hot background falls back to uniform centring
-                return centre, False
+                return self.jittered(centre, rng), False
         return self.background_centre(volume, rng), False
 
     def crop_start(self, shape: Sequence[int], centre: Centre) -> Tuple[int, int, int]:

@@ -56,6 +56,8 @@ class TrainConfig:
     hard_negative_fraction: float = _f(0.0, "sampling", "share of background crops centred on a hot non-lesion "
                                        "voxel (PET >= hard_negative_suv) instead of a uniform one; 0 = reference")
     hard_negative_suv: float = _f(2.5, "sampling", "SUV from which a non-lesion voxel counts as hot")
+    centre_jitter: float = _f(0.0, "sampling", "move lesion and hot crop centres by up to this fraction of half "
+                              "a crop per axis, so lesions are not always central; 0 = reference")
 
     # [augment]
     rotate: bool = _f(True, "augment", "random rotation about the z axis (in the axial y-x plane)")
@@ -134,6 +136,7 @@ class TrainConfig:
         need(self.steps_per_epoch >= 0, "steps_per_epoch must be >= 0")
         need(0 <= self.hard_negative_fraction <= 1, "hard_negative_fraction must be in [0, 1]")
         need(self.hard_negative_suv > 0, "hard_negative_suv must be > 0")
+        need(0 <= self.centre_jitter <= 1, "centre_jitter must be in [0, 1]")
         need(0 <= self.rotate_p <= 1 and 0 <= self.flip_z_p <= 1, "rotate_p and flip_z_p must be in [0, 1]")
         need(self.rotate_range_deg >= 0, "rotate_range_deg must be >= 0")
         need(len(self.ds_weights) == 4 and all(w >= 0 for w in self.ds_weights) and sum(self.ds_weights) > 0,

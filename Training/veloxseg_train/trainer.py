@@ -269,12 +269,14 @@ class Trainer:
         self.val_store = (VolumeStore(self.dataset, val_cases, config.patch_size, config.cache_volumes,
                                       config.body_ct_threshold_hu) if val_cases else None)
         self.val_items = (plan_items(self.val_store, config.val_mode, config.val_crops_per_volume,
-                                     config.patch_size, config.seed) if self.val_store else [])
+                                     config.patch_size, config.seed, config.centre_jitter)
+                          if self.val_store else [])
         if not self.val_items:
             self.log("No validation cases: validation metrics and best.pt are skipped.")
         self.sampler = CropSampler(config.patch_size, config.lesion_ratio, config.background_ratio,
                                    hard_negative_fraction=config.hard_negative_fraction,
-                                   hot_threshold=self._normalised_pet(config.hard_negative_suv))
+                                   hot_threshold=self._normalised_pet(config.hard_negative_suv),
+                                   centre_jitter=config.centre_jitter)
         self.augment = augment.AugmentSettings.from_config(config)
         self.steps_per_epoch = len(epoch_plan(len(self.train_store), 0, config.seed, config.volumes_per_step,
                                               config.steps_per_epoch, 0, self.dist.world_size))

@@ -27,18 +27,19 @@ from .training_data import VolumeStore
 Item = Tuple[int, Optional[Tuple[int, int, int]]]  # (volume index, crop centre or None = whole volume)
 
 
-def plan_items(store: VolumeStore, mode: str, crops_per_volume: int, patch_size, seed: int) -> List[Item]:
-    """The validation items, fixed for the whole run."""
+def plan_items(store: VolumeStore, mode: str, crops_per_volume: int, patch_size, seed: int,
+               centre_jitter: float = 0.0) -> List[Item]:
+    """The validation items, fixed for the whole run (lesion centres jittered as in training)."""
     if mode == "sliding_window":
         return [(i, None) for i in range(len(store))]
-    sampler = CropSampler(patch_size)
+    sampler = CropSampler(patch_size, centre_jitter=centre_jitter)
     items: List[Item] = []
     for index in range(len(store)):
         volume = store[index]
         rng = np.random.default_rng([seed, index, 0xFA1])
         for k in range(crops_per_volume):
             if k % 2 == 0 and len(volume.lesion_index):
-                centre = sampler.lesion_centre(volume, rng)
+                centre = sampler.jittered(sampler.lesion_centre(volume, rng), rng)
             else:
                 centre = sampler.background_centre(volume, rng)
             items.append((index, centre))
