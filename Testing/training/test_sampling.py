@@ -8,6 +8,7 @@ from tiny_prepared import NORMALIZATION, make_case
 
 from veloxseg_train.sampling import CropSampler, epoch_plan
 from veloxseg_train.training_data import make_volume
+from veloxseg_train.validation import plan_items
 
 PATCH = (32, 32, 32)
 
@@ -76,6 +77,20 @@ def test_centre_jitter_spreads_lesions_over_the_crop():
     assert all(label.any() for _, label, lesion in sampler.sample(volume, 200, rng) if lesion)
     with pytest.raises(ValueError, match="centre_jitter"):
         CropSampler(PATCH, centre_jitter=1.5)
+
+
+def test_validation_crops_are_jittered_like_training_and_fixed_by_the_seed():
+    volumes = [_volume(name="a"), _volume(lesion=(25, 30, 45), name="b")]
+    central = plan_items(volumes, "crops", 4, PATCH, seed=1)
+    jittered = plan_items(volumes, "crops", 4, PATCH, seed=1, centre_jitter=0.9)
+    assert jittered == plan_items(volumes, "crops", 4, PATCH, seed=1, centre_jitter=0.9)
+    lesion_items = [(i, c) for i, c in central if volumes[i].label[c]]
+    assert len(lesion_items) == 4  # crops 0 and 2 of each volume are centred on a lesion voxel
+    sampler = CropSampler(PATCH)
+    for k in (0, 2, 4, 6):  # the lesion items: still a lesion in the crop, but not always at its centre
+        index, centre = jittered[k]
+        assert sampler.crop(volumes[index], centre)[1].any()
+    assert any(not volumes[i].label[jittered[k][1]] for k, i in ((0, 0), (2, 0), (4, 1), (6, 1)))
 
 
 def test_lesion_free_volume_gives_background_crops():
