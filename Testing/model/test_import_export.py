@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from veloxseg_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -57,6 +58,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the hostile file, expected
 def test_import_reference_never_unpickles_code(tmp_path, capsys):
     marker = tmp_path / "pwned"
     source = tmp_path / "evil.pth"
