@@ -2,9 +2,10 @@
 
 Two modes (config `val_mode`):
 - "crops": a fixed set of crops per validation volume, chosen once from the seed (half centred on a lesion
-  voxel when the volume has lesions, the rest on background), so every validation sees the same inputs
-  and the numbers are comparable across epochs. Each crop counts as one case. Cheap: one forward per crop,
-  which is what a CPU run can afford (the reference also validates on random pos/neg crops).
+  voxel when the volume has lesions, moved by `centre_jitter` as in training; the rest on background), so
+  every validation sees the same inputs and the numbers are comparable across epochs. Each crop counts as
+  one case. Cheap: one forward per crop, which is what a CPU run can afford (the reference also validates on
+  random pos/neg crops).
 - "sliding_window": whole volumes with the engine's sliding window (the inference code path, on the
   already normalised model-grid volume). Meaningful but ~10-40 forwards per volume.
 Under DDP the items are shared out over the processes and the per-item rows gathered on every process.
