@@ -80,7 +80,7 @@ def test_export_writes_verified_onnx_and_manifest(tmp_path, capsys):
     model = VeloxSeg()
     checkpoint = save_checkpoint(tmp_path / "model.pt", model, NORMALIZATION, {"data": "unit test"})
     onnx_path = tmp_path / "out" / "veloxseg.onnx"
-    assert main(["export", str(checkpoint), "--out", str(onnx_path)]) == 0
+    assert main(["export", str(checkpoint), "--out", str(onnx_path), "--dynamic-batch"]) == 0
     manifest = json.loads(onnx_path.with_suffix(".json").read_text())
     assert manifest["onnx_sha256"] == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     assert manifest["opset"] >= 17 and manifest["patch_size_zyx"] == [96, 96, 96]
@@ -88,14 +88,16 @@ def test_export_writes_verified_onnx_and_manifest(tmp_path, capsys):
     assert manifest["normalization"] == NORMALIZATION
     provenance = manifest["provenance"]
     assert provenance["checkpoint"] == "model.pt" and provenance["data"] == "unit test"
-    assert provenance["verification"]["batch_1"]["max_abs_delta"] <= 1e-4
+    assert manifest["dynamic_batch"] is True
+    for batch in ("batch_1", "batch_2"):
+        assert provenance["verification"][batch]["max_abs_delta"] <= 1e-4
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    x = torch.randn(1, 2, 96, 96, 96)
+    x = torch.randn(2, 2, 96, 96, 96)
     with torch.inference_mode():
         expected = model.eval()(x).numpy()
     got = session.run(["logits"], {"image": x.numpy()})[0]
-    assert got.shape == (1, 2, 96, 96, 96)
+    assert got.shape == (2, 2, 96, 96, 96)
     assert np.abs(got - expected).max() <= 1e-4
 
 

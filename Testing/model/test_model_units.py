@@ -7,8 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from veloxseg_train.model import VeloxSeg, VeloxSegConfig, gram_matrix
-from veloxseg_train.model.decoders import pixel_shuffle_3d
-from veloxseg_train.model.export_rewrites import StridedDepthSlicedConv3d
+from veloxseg_train.model.config import WindowPair
+from veloxseg_train.model.decoders import ShuffleHead, pixel_shuffle_3d
+from veloxseg_train.model.export_rewrites import (
+    PerWindowAttention,
+    SlicedShuffleHead,
+    StridedDepthSlicedConv3d,
+    TapSlicedBranch,
+    merged_group_weight,
+    rewrite_for_export,
+)
+from veloxseg_train.model.jlc import GroupConvBranch
+from veloxseg_train.model.pwa import PairedWindowAttention
 from veloxseg_train.model.sliced_conv import depth_sliced_conv3d
 from veloxseg_train.model.windows import relative_position_index, upsample_matrix, window_partition, window_reverse
 
@@ -84,6 +94,54 @@ def test_strided_depth_sliced_conv_equals_conv3d():
     x = torch.randn(1, 2, 24, 20, 16)
     with torch.no_grad():
         assert torch.allclose(StridedDepthSlicedConv3d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_merged_groups_keep_the_grouped_convolution():
+    conv = torch.nn.Conv3d(16, 16, 3, padding=1, groups=4)  # 4 channels per group -> merged to 8
+    weight, groups = merged_group_weight(conv, min_channels=8)
+    assert groups == 2 and weight.shape == (16, 8, 3, 3, 3)
+    x = torch.randn(1, 16, 5, 6, 7)
+    with torch.no_grad():
+        assert torch.allclose(F.conv3d(x, weight, conv.bias, padding=1, groups=groups), conv(x), atol=1e-5)
+    assert merged_group_weight(torch.nn.Conv3d(16, 16, 3, groups=2), min_channels=8)[1] == 2  # already wide
+
+
+@pytest.mark.parametrize("channels,groups", [(16, 4), (32, 4), (8, 8)])
+def test_tap_sliced_branch_equals_the_branch(channels, groups):
+    branch = GroupConvBranch(channels, 3, groups).eval()
+    x = torch.randn(2, channels, 6, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(TapSlicedBranch(branch)(x), branch(x), atol=1e-5)
+
+
+def test_sliced_shuffle_head_equals_the_head():
+    head = ShuffleHead(16, 2, 4).eval()
+    x = torch.randn(2, 16, 5, 6, 4)
+    with torch.no_grad():
+        assert torch.allclose(SlicedShuffleHead(head)(x), head(x), atol=1e-5)
+
+
+def test_per_window_attention_equals_batched_attention():
+    torch.manual_seed(0)
+    pairs = [WindowPair(big=(3, 3, 3), small=(1, 1, 1)), WindowPair(big=(6, 6, 6), small=(2, 2, 2))]
+    attention = PairedWindowAttention(16, 16, 16, 2, pairs, 2, 0.0, 0.0, True).eval()
+    features = [torch.randn(2, 16, 6, 6, 6) for _ in range(2)]
+    with torch.no_grad():
+        expected = attention(features)
+        attention.__class__ = PerWindowAttention
+        got = attention(features)
+    assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+
+
+def test_export_rewrite_replaces_the_slow_forms_and_keeps_the_function():
+    model = VeloxSeg().eval()
+    rewritten = rewrite_for_export(model)
+    kinds = {type(m).__name__ for m in rewritten.modules()}
+    assert {"TapSlicedBranch", "SlicedShuffleHead", "PerWindowAttention", "StridedDepthSlicedConv3d"} <= kinds
+    assert "ShuffleHead" not in kinds and all(type(m).__name__ != "PerWindowAttention" for m in model.modules())
+    x = torch.randn(1, 2, 96, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-4)
 
 
 def test_wrong_input_size_names_the_sizes_it_takes():

@@ -1,9 +1,13 @@
 """Export-time rewrites: the same functions as the training modules, in forms ONNX Runtime runs faster.
 
-ONNX Runtime's CPU Conv lowers a 3-D convolution to a generic N-d im2col, which is slow for the 7x7x7
-stride-4 stem of the conv encoder; as one strided 2-D convolution per kernel depth it runs on ORT's
-optimised 2-D path. (The JLC blocks already use depth-sliced convolutions in the model itself.) Results
-agree to float32 rounding; training keeps the plain Conv3d stem, for which PyTorch has a fast kernel.
+ONNX Runtime's CPU Conv lowers a 3-D convolution to a generic N-d im2col, which is slow, while 2-D
+convolutions whose channel counts are multiples of 8 run on its blocked ("NCHWc") kernels. So, at export:
+- the 7x7x7 stride-4 stem becomes one strided 2-D convolution per kernel depth;
+- the 3x3x3 head and the 3x3x3 JLC branches become one 2-D convolution per kernel depth over shifted
+  views of the depth slices (groups of 4 channels are merged into groups of 8 with zero weights);
+- stage attention with long token sequences is computed window by window, so that each window's
+  score matrix stays in cache between the matmul, the bias add and the softmax.
+Results agree to float32 rounding (export verifies it); training keeps the plain modules.
 """
 
 from __future__ import annotations
@@ -14,8 +18,116 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decoders import ShuffleHead
 from .encoders import DownConv
 from .jlc import GroupConvBranch
+from .pwa import PairedWindowAttention
+
+NCHWC_BLOCK = 8  # channel block of ONNX Runtime's AVX2 NCHWc kernels; groups narrower than this are merged
+PER_WINDOW_MIN_TOKENS = 256  # attention over at least this many tokens (CT + PET) is split per window
+
+
+def static_sizes(x: torch.Tensor) -> tuple:
+    """x's sizes after the batch axis as Python ints, i.e. constants in the trace (the exported graph takes
+    one fixed patch size). Only the batch axis may stay dynamic: it is -1 in intermediate reshapes and the
+    traced x.shape[0] in the last one, the form from which the exporter still infers a static channel
+    axis (ONNX export of InstanceNorm needs one; traced size arithmetic or a final -1 loses it)."""
+    return tuple(int(size) for size in x.shape[1:])
+
+
+def to_depth_slices(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """(B, C, D, H, W) -> (B, D + 2 pad, C, H, W): zero-padded along depth, one 2-D image per slice."""
+    c, d, h, w = static_sizes(x)
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, pad, pad))
+    return x.reshape(-1, c, d + 2 * pad, h * w).transpose(1, 2).reshape(-1, d + 2 * pad, c, h, w)
+
+
+def from_depth_slices(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B*D, C, H, W) -> (B, C, D, H, W), with B and D those of `like` (B, *, D, *, *)."""
+    c, h, w = static_sizes(y)
+    depth = static_sizes(like)[1]
+    return y.reshape(-1, depth, c, h * w).transpose(1, 2).reshape(like.shape[0], c, depth, h, w)
+
+
+def tap_sum_conv(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """A stride-1 'same' Conv3d from depth slices: sum over kernel depth i of a 2-D conv of the slices
+    shifted by i. slices (B, D + 2 pad, C, H, W), weight (k, out, in/groups, k, k) -> (B*D, out, H, W)."""
+    padded, c, h, w = static_sizes(slices)
+    k = int(weight.shape[0])
+    d = padded - 2 * (k // 2)
+    out = None
+    for i in range(k):
+        taps = slices[:, i:i + d].reshape(-1, c, h, w)
+        y = F.conv2d(taps, weight[i], bias if i == 0 else None, padding=k // 2, groups=groups)
+        out = y if out is None else out + y
+    return out
+
+
+def merged_group_weight(conv: nn.Conv3d, min_channels: int) -> tuple:
+    """The grouped conv's weight with neighbouring groups merged until each has >= min_channels inputs,
+    the new off-diagonal blocks zero: (weight (out, in/new_groups, k, k, k), new_groups)."""
+    weight = conv.weight.detach()
+    per_group = conv.in_channels // conv.groups
+    merge = 1
+    while per_group * merge < min_channels and conv.groups % (merge * 2) == 0:
+        merge *= 2
+    if merge == 1:
+        return weight, conv.groups
+    out_per_group = conv.out_channels // conv.groups
+    merged = weight.new_zeros(conv.out_channels, per_group * merge, *weight.shape[2:])
+    for group in range(conv.groups):
+        rows = slice(group * out_per_group, (group + 1) * out_per_group)
+        offset = (group % merge) * per_group
+        merged[rows, offset:offset + per_group] = weight[rows]
+    return merged, conv.groups // merge
+
+
+class TapSlicedBranch(nn.Module):
+    """A JLC branch (grouped 'same' Conv3d + IN + GELU) with the conv as per-depth 2-D convolutions."""
+
+    def __init__(self, branch: GroupConvBranch, min_group_channels: int = NCHWC_BLOCK):
+        super().__init__()
+        weight, self.groups = merged_group_weight(branch.conv, min_group_channels)
+        self.register_buffer("weight", weight.permute(2, 0, 1, 3, 4).contiguous())  # (k, out, in/g, kh, kw)
+        self.register_buffer("bias", branch.conv.bias.detach().clone())
+        self.norm, self.act = branch.norm, branch.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slices = to_depth_slices(x, self.weight.shape[0] // 2)
+        y = from_depth_slices(tap_sum_conv(slices, self.weight, self.bias, self.groups), like=x)
+        return self.act(self.norm(y))
+
+
+class SlicedShuffleHead(nn.Module):
+    """ShuffleHead with its 3x3x3 conv as per-depth 2-D convolutions; the 4x pixel shuffle starts from
+    the slice layout, (B*D, classes*f^3, H, W), and needs three rank <= 4 transposes."""
+
+    def __init__(self, head: ShuffleHead):
+        super().__init__()
+        self.factor = head.factor
+        self.classes = head.conv.out_channels // head.factor**3
+        self.register_buffer("weight", head.conv.weight.detach().permute(2, 0, 1, 3, 4).contiguous())
+        self.register_buffer("bias", head.conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, h, w = static_sizes(x)[1:]
+        f, classes = self.factor, self.classes
+        y = tap_sum_conv(to_depth_slices(x, self.weight.shape[0] // 2), self.weight, self.bias, groups=1)
+        y = y.reshape(-1, d, classes, f**3 * h * w).transpose(1, 2)  # [B classes D (s1 s2 s3 H W)]
+        y = y.reshape(-1, f * f, h, w).transpose(1, 2)  # [.. D s1 H (s2 s3) W]
+        y = y.reshape(-1, f, w).transpose(1, 2)  # [.. D s1 H s2 W s3]
+        return y.reshape(x.shape[0], classes, d * f, h * f, w * f)
+
+
+class PerWindowAttention(PairedWindowAttention):
+    """PWA whose attention runs one window at a time (all heads together): same result, but each
+    (H, M*T, M*T) score block is small enough to stay in cache through bias add and softmax."""
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        outputs = [torch.matmul(torch.softmax(torch.matmul(q[:, i] * self.scale, k[:, i]) + bias, dim=-1), v[:, i])
+                   for i in range(q.shape[1])]  # each (B, H, M*T, dv)
+        return torch.stack(outputs, dim=1)
 
 
 class StridedDepthSlicedConv3d(nn.Module):
@@ -37,19 +149,19 @@ class StridedDepthSlicedConv3d(nn.Module):
         self.register_buffer("bias", bias.reshape(1, -1, 1, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, d, h, w = x.shape
-        k, s, pad = self.weight.shape[0], self.stride, self.depth_padding
+        batch, (c, d, h, w) = x.shape[0], static_sizes(x)
+        k, s, pad = int(self.weight.shape[0]), self.stride, self.depth_padding
         out_depth = (d + 2 * pad - k) // s + 1
         x = F.pad(x, (0, 0, 0, 0, pad, pad + s))  # the extra s slices keep the last strided slice in range
-        slices = x.reshape(b, c, -1, h * w).transpose(1, 2)  # (B, D', C, H*W)
+        slices = x.reshape(-1, c, d + 2 * pad + s, h * w).transpose(1, 2)  # (B, D', C, H*W)
         out = None
         for i in range(k):
-            taps = slices[:, i:i + s * out_depth:s].reshape(b * out_depth, c, h, w)
+            taps = slices[:, i:i + s * out_depth:s].reshape(-1, c, h, w)
             y = F.conv2d(taps, self.weight[i], stride=s, padding=self.padding)
             out = y if out is None else out + y
-        channels, out_h, out_w = out.shape[1:]
-        out = out.reshape(b, out_depth, channels, out_h * out_w).transpose(1, 2)
-        return out.reshape(b, channels, out_depth, out_h, out_w) + self.bias
+        channels, out_h, out_w = static_sizes(out)
+        out = out.reshape(-1, out_depth, channels, out_h * out_w).transpose(1, 2)
+        return out.reshape(batch, channels, out_depth, out_h, out_w) + self.bias
 
 
 class PlainConvBranch(nn.Module):
@@ -73,11 +185,26 @@ def with_plain_branches(model: nn.Module, max_kernel: int) -> nn.Module:
 
 
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
-    """A copy of `model` for ONNX Runtime: strided convolutions with kernel >= min_kernel (the stem)
-    depth-sliced, JLC branches with smaller kernels as plain grouped Conv3d (ORT needs no im2col for
-    1x1x1 and runs 3x3x3 as fast either way, so slicing would only add transposes)."""
-    model = with_plain_branches(copy.deepcopy(model), max_kernel=min_kernel - 1)
+    """A copy of `model` for ONNX Runtime (module docstring): the stem (strided, kernel >= min_kernel)
+    depth-sliced; 1x1x1 JLC branches as plain grouped Conv3d (no im2col needed); 3x3x3 JLC branches and
+    the head as per-depth 2-D convolutions; long-sequence attention per window. The 5x5x5 JLC branches
+    keep the model's own depth slicing (measured faster in ORT than per-depth convolutions)."""
+    model = copy.deepcopy(model)
+    replacements = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 1:
+                replacements.append((parent, name, PlainConvBranch(child)))
+            elif isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 3:
+                replacements.append((parent, name, TapSlicedBranch(child)))
+            elif isinstance(child, ShuffleHead):
+                replacements.append((parent, name, SlicedShuffleHead(child)))
+    for parent, name, replacement in replacements:  # after the walk: the wrappers contain the originals
+        setattr(parent, name, replacement)
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)
+        if type(module) is PairedWindowAttention and \
+                module.modalities * module.rel_pos.index.shape[0] >= PER_WINDOW_MIN_TOKENS:
+            module.__class__ = PerWindowAttention  # same parameters and buffers, another _attend
     return model

@@ -101,6 +101,11 @@ class PairedWindowAttention(nn.Module):
             outputs.append(volume.reshape(batch, self.v_per_pair, *grid))
         return torch.cat(outputs, dim=1)
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """softmax(q k * scale + bias) v for every window and head at once: (B, W, H, M*T, dv)."""
+        scores = torch.matmul(q * self.scale, k)  # (B, W, H, M*T, M*T)
+        return torch.matmul(self.attn_drop(torch.softmax(scores + bias, dim=-1)), v)
+
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         grid = tuple(features[0].shape[2:])
         queries, keys, values = [], [], []
@@ -115,11 +120,9 @@ class PairedWindowAttention(nn.Module):
         k = torch.cat(keys, dim=4).permute(0, 3, 1, 2, 4)  # (B, W, H, d, M*T)
         v = torch.cat(values, dim=4).permute(0, 3, 1, 4, 2)  # (B, W, H, M*T, dv)
 
-        scores = torch.matmul(q * self.scale, k)  # (B, W, H, M*T, M*T)
         # the same bias for all M x M modality blocks: broadcast a pre-tiled copy (no slice writes)
         bias = self.rel_pos().repeat(1, self.modalities, self.modalities)  # (H, M*T, M*T)
-        attn = self.attn_drop(torch.softmax(scores + bias, dim=-1))
-        out = torch.matmul(attn, v).permute(0, 2, 4, 1, 3)  # (B, H, dv, W, M*T)
+        out = self._attend(q, k, v, bias).permute(0, 2, 4, 1, 3)  # (B, H, dv, W, M*T)
 
         tokens = out.shape[-1] // self.modalities
         results = []
