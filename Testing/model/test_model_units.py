@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from veloxseg_train.model import VeloxSeg, VeloxSegConfig, gram_matrix
+from veloxseg_train.model import VeloxSeg, VeloxSegConfig, export_rewrites, gram_matrix
 from veloxseg_train.model.config import WindowPair
 from veloxseg_train.model.decoders import ShuffleHead, pixel_shuffle_3d
 from veloxseg_train.model.export_rewrites import (
@@ -121,7 +121,9 @@ def test_sliced_shuffle_head_equals_the_head():
         assert torch.allclose(SlicedShuffleHead(head)(x), head(x), atol=1e-5)
 
 
-def test_per_window_attention_equals_batched_attention():
+@pytest.mark.parametrize("chunk_scores", [1, 3 * 2 * 54 * 54, 2**18])  # one window, 3 windows, all at once
+def test_chunked_attention_equals_batched_attention(monkeypatch, chunk_scores):
+    monkeypatch.setattr(export_rewrites, "ATTENTION_CHUNK_SCORES", chunk_scores)
     torch.manual_seed(0)
     pairs = [WindowPair(big=(3, 3, 3), small=(1, 1, 1)), WindowPair(big=(6, 6, 6), small=(2, 2, 2))]
     attention = PairedWindowAttention(16, 16, 16, 2, pairs, 2, 0.0, 0.0, True).eval()

@@ -5,8 +5,8 @@ convolutions whose channel counts are multiples of 8 run on its blocked ("NCHWc"
 - the 7x7x7 stride-4 stem becomes one strided 2-D convolution per kernel depth;
 - the 3x3x3 head and the 3x3x3 JLC branches become one 2-D convolution per kernel depth over shifted
   views of the depth slices (groups of 4 channels are merged into groups of 8 with zero weights);
-- stage attention with long token sequences is computed window by window, so that each window's
-  score matrix stays in cache between the matmul, the bias add and the softmax.
+- window attention is computed a few windows at a time, so that each chunk's score matrices stay in
+  cache between the matmul, the bias add and the softmax.
 Results agree to float32 rounding (export verifies it); training keeps the plain modules.
 """
 
@@ -24,7 +24,7 @@ from .jlc import GroupConvBranch
 from .pwa import PairedWindowAttention
 
 NCHWC_BLOCK = 8  # channel block of ONNX Runtime's AVX2 NCHWc kernels; groups narrower than this are merged
-PER_WINDOW_MIN_TOKENS = 256  # attention over at least this many tokens (CT + PET) is split per window
+ATTENTION_CHUNK_SCORES = 2**18  # scores (1 MB of float32) per attention chunk: about what stays in L2
 
 
 def static_sizes(x: torch.Tensor) -> tuple:
@@ -121,13 +121,17 @@ class SlicedShuffleHead(nn.Module):
 
 
 class PerWindowAttention(PairedWindowAttention):
-    """PWA whose attention runs one window at a time (all heads together): same result, but each
-    (H, M*T, M*T) score block is small enough to stay in cache through bias add and softmax."""
+    """PWA whose attention runs on a few windows at a time: same result, but each chunk's score block
+    (chunk, H, M*T, M*T) is small enough to stay in cache through the matmul, bias add and softmax."""
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        outputs = [torch.matmul(torch.softmax(torch.matmul(q[:, i] * self.scale, k[:, i]) + bias, dim=-1), v[:, i])
-                   for i in range(q.shape[1])]  # each (B, H, M*T, dv)
-        return torch.stack(outputs, dim=1)
+        windows, heads, _, tokens = (int(size) for size in q.shape[1:])
+        chunk = max(1, ATTENTION_CHUNK_SCORES // (heads * tokens * tokens))
+        if chunk >= windows:
+            return super()._attend(q, k, v, bias)
+        outputs = [super(PerWindowAttention, self)._attend(q[:, i:i + chunk], k[:, i:i + chunk], v[:, i:i + chunk],
+                                                           bias) for i in range(0, windows, chunk)]
+        return torch.cat(outputs, dim=1)
 
 
 class StridedDepthSlicedConv3d(nn.Module):
@@ -187,8 +191,8 @@ def with_plain_branches(model: nn.Module, max_kernel: int) -> nn.Module:
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
     """A copy of `model` for ONNX Runtime (module docstring): the stem (strided, kernel >= min_kernel)
     depth-sliced; 1x1x1 JLC branches as plain grouped Conv3d (no im2col needed); 3x3x3 JLC branches and
-    the head as per-depth 2-D convolutions; long-sequence attention per window. The 5x5x5 JLC branches
-    keep the model's own depth slicing (measured faster in ORT than per-depth convolutions)."""
+    the head as per-depth 2-D convolutions; window attention in cache-sized chunks of windows. The 5x5x5
+    JLC branches keep the model's own depth slicing (measured faster in ORT than per-depth convolutions)."""
     model = copy.deepcopy(model)
     replacements = []
     for parent in model.modules():
@@ -204,7 +208,6 @@ def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)
-        if type(module) is PairedWindowAttention and \
-                module.modalities * module.rel_pos.index.shape[0] >= PER_WINDOW_MIN_TOKENS:
+        if type(module) is PairedWindowAttention:
             module.__class__ = PerWindowAttention  # same parameters and buffers, another _attend
     return model

@@ -102,9 +102,11 @@ class PairedWindowAttention(nn.Module):
         return torch.cat(outputs, dim=1)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """softmax(q k * scale + bias) v for every window and head at once: (B, W, H, M*T, dv)."""
-        scores = torch.matmul(q * self.scale, k)  # (B, W, H, M*T, M*T)
-        return torch.matmul(self.attn_drop(torch.softmax(scores + bias, dim=-1)), v)
+        """Attention for every window and head at once, channels-first: q, k (B, W, H, d, M*T), v
+        (B, W, H, dv, M*T) -> (B, W, H, dv, M*T), i.e. (softmax(q^T k * scale + bias) v^T)^T."""
+        scores = torch.matmul((q * self.scale).transpose(-1, -2), k)  # (B, W, H, M*T, M*T)
+        attn = self.attn_drop(torch.softmax(scores + bias, dim=-1))
+        return torch.matmul(v, attn.transpose(-1, -2))
 
     def forward(self, features: List[torch.Tensor]) -> List[torch.Tensor]:
         grid = tuple(features[0].shape[2:])
@@ -116,13 +118,15 @@ class PairedWindowAttention(nn.Module):
             values.append(self._gather(v, self.v_per_pair))
         # modalities side by side on the token axis: [CT tokens ; PET tokens]. Windows before heads, so the
         # per-head bias below broadcasts over the leading axes only (a fast, cache-friendly add in ORT).
-        q = torch.cat(queries, dim=4).permute(0, 3, 1, 4, 2)  # (B, W, H, M*T, d)
+        # Tokens stay the last axis: these permutes move whole token rows, and the matmuls read the
+        # transposed operands in place (ORT fuses the transposes into the GEMM).
+        q = torch.cat(queries, dim=4).permute(0, 3, 1, 2, 4)  # (B, W, H, d, M*T)
         k = torch.cat(keys, dim=4).permute(0, 3, 1, 2, 4)  # (B, W, H, d, M*T)
-        v = torch.cat(values, dim=4).permute(0, 3, 1, 4, 2)  # (B, W, H, M*T, dv)
+        v = torch.cat(values, dim=4).permute(0, 3, 1, 2, 4)  # (B, W, H, dv, M*T)
 
         # the same bias for all M x M modality blocks: broadcast a pre-tiled copy (no slice writes)
         bias = self.rel_pos().repeat(1, self.modalities, self.modalities)  # (H, M*T, M*T)
-        out = self._attend(q, k, v, bias).permute(0, 2, 4, 1, 3)  # (B, H, dv, W, M*T)
+        out = self._attend(q, k, v, bias).permute(0, 2, 3, 1, 4)  # (B, H, dv, W, M*T)
 
         tokens = out.shape[-1] // self.modalities
         results = []
