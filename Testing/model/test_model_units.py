@@ -10,6 +10,7 @@ from veloxseg_train.model import VeloxSeg, VeloxSegConfig, export_rewrites, gram
 from veloxseg_train.model.config import WindowPair
 from veloxseg_train.model.decoders import ShuffleHead, pixel_shuffle_3d
 from veloxseg_train.model.export_rewrites import (
+    JointPatchEmbed,
     PerWindowAttention,
     SlicedShuffleHead,
     StridedDepthSlicedConv3d,
@@ -89,11 +90,22 @@ def test_depth_sliced_conv_equals_conv3d(channels, kernel, groups):
         assert torch.allclose(depth_sliced_conv3d(x, conv.weight, conv.bias, groups), conv(x), atol=1e-5)
 
 
-def test_strided_depth_sliced_conv_equals_conv3d():
+@pytest.mark.parametrize("depth", [24, 21, 6])  # divisible by the stride or not; shorter than the kernel
+def test_strided_depth_sliced_conv_equals_conv3d(depth):
     conv = torch.nn.Conv3d(2, 16, 7, stride=4, padding=3)
-    x = torch.randn(1, 2, 24, 20, 16)
+    x = torch.randn(2, 2, depth, 20, 16)
     with torch.no_grad():
         assert torch.allclose(StridedDepthSlicedConv3d(conv)(x), conv(x), atol=1e-5)
+
+
+def test_joint_patch_embedding_equals_the_per_modality_embeddings():
+    model = VeloxSeg().eval()
+    x = torch.randn(2, 2, 96, 96, 96)
+    joint = JointPatchEmbed(model.encoder.transformer.patch_embeds)
+    with torch.no_grad():
+        expected = model.encoder.transformer.embed(x)
+        got = joint(x)
+    assert len(got) == 2 and all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
 
 
 def test_merged_groups_keep_the_grouped_convolution():
@@ -139,7 +151,8 @@ def test_export_rewrite_replaces_the_slow_forms_and_keeps_the_function():
     model = VeloxSeg().eval()
     rewritten = rewrite_for_export(model)
     kinds = {type(m).__name__ for m in rewritten.modules()}
-    assert {"TapSlicedBranch", "SlicedShuffleHead", "PerWindowAttention", "StridedDepthSlicedConv3d"} <= kinds
+    assert {"TapSlicedBranch", "SlicedShuffleHead", "PerWindowAttention", "StridedDepthSlicedConv3d",
+            "JointPatchEmbed", "JointEmbedTransformer"} <= kinds
     assert "ShuffleHead" not in kinds and all(type(m).__name__ != "PerWindowAttention" for m in model.modules())
     x = torch.randn(1, 2, 96, 96, 96)
     with torch.no_grad():

@@ -36,8 +36,12 @@ class TransformerEncoder(nn.Module):
         self.merges = nn.ModuleList(
             nn.ModuleList(PatchMerging(cfg.channels(k)) for _ in range(m)) for k in range(cfg.stages - 1))
 
+    def embed(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """(B, M, D, H, W) -> M patch embeddings (B, C_1, S_1^3), one per modality."""
+        return [embed(x[:, i:i + 1]) for i, embed in enumerate(self.patch_embeds)]
+
     def forward(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
-        features = [embed(x[:, i:i + 1]) for i, embed in enumerate(self.patch_embeds)]
+        features = self.embed(x)
         outputs = []
         for k, block in enumerate(self.stages):
             features = block(features)

@@ -13,13 +13,14 @@ Results agree to float32 rounding (export verifies it); training keeps the plain
 from __future__ import annotations
 
 import copy
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .decoders import ShuffleHead
-from .encoders import DownConv
+from .encoders import DownConv, TransformerEncoder
 from .jlc import GroupConvBranch
 from .pwa import PairedWindowAttention
 
@@ -134,10 +135,46 @@ class PerWindowAttention(PairedWindowAttention):
         return torch.cat(outputs, dim=1)
 
 
+class JointPatchEmbed(nn.Module):
+    """All modalities' patch embeddings (Conv3d, kernel = stride = p, one input channel each) as one 2-D
+    convolution: each block of p depth slices of one modality is an image whose p channels are the slices,
+    so (B, M, D, H, W) becomes (B*M*D/p, p, H, W) by a reshape alone, with no input copy; the conv applies
+    every modality's kernel (M x C outputs) and each modality keeps its own C."""
+
+    def __init__(self, embeds: nn.ModuleList):
+        super().__init__()
+        convs = [embed.proj for embed in embeds]
+        if any(c.in_channels != 1 or c.kernel_size != c.stride or len(set(c.stride)) != 1 for c in convs):
+            raise ValueError("only one-channel, non-overlapping cubic patch embeddings can be joined")
+        self.patch = convs[0].stride[0]
+        self.channels = convs[0].out_channels
+        # (M*C, 1, p, p, p) -> (M*C, p, p, p): the kernel's depth axis becomes the 2-D input channels
+        self.register_buffer("weight", torch.cat([c.weight.detach() for c in convs])[:, 0].clone())
+        self.register_buffer("bias", torch.cat([c.bias.detach() for c in convs]).clone())
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        modalities, d, h, w = static_sizes(x)
+        p, c = self.patch, self.channels
+        blocks, out_h, out_w = d // p, h // p, w // p
+        y = F.conv2d(x.reshape(-1, p, h, w), self.weight, self.bias, stride=p)  # (B*M*D/p, M*C, H/p, W/p)
+        y = y.reshape(-1, modalities, blocks, modalities * c, out_h * out_w)
+        return [y[:, m, :, m * c:(m + 1) * c].transpose(1, 2).reshape(x.shape[0], c, blocks, out_h, out_w)
+                for m in range(modalities)]
+
+
+class JointEmbedTransformer(TransformerEncoder):
+    """TransformerEncoder whose patch embedding is `joint_embed` (a JointPatchEmbed)."""
+
+    def embed(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.joint_embed(x)
+
+
 class StridedDepthSlicedConv3d(nn.Module):
     """A strided Conv3d (e.g. the 7x7x7 stride-4 stem) as one strided 2-D convolution per kernel depth.
 
-    Each kernel depth i reads only the input slices i, i + s, i + 2s, ... so nothing is computed twice.
+    Kernel depth i meets input slice s*o + i - pad for output slice o, so nothing is computed twice. The
+    input is not padded along depth (that would copy the whole patch): a kernel depth whose first or last
+    output slices would read padding runs on its valid range only, and the small output is padded instead.
     """
 
     def __init__(self, conv: nn.Conv3d):
@@ -156,14 +193,24 @@ class StridedDepthSlicedConv3d(nn.Module):
         batch, (c, d, h, w) = x.shape[0], static_sizes(x)
         k, s, pad = int(self.weight.shape[0]), self.stride, self.depth_padding
         out_depth = (d + 2 * pad - k) // s + 1
-        x = F.pad(x, (0, 0, 0, 0, pad, pad + s))  # the extra s slices keep the last strided slice in range
-        slices = x.reshape(-1, c, d + 2 * pad + s, h * w).transpose(1, 2)  # (B, D', C, H*W)
-        out = None
+        slices = x.reshape(-1, c, d, h * w).transpose(1, 2)  # (B, D, C, H*W)
+        sums = {}  # (first, last) valid output slice -> sum of the 2-D convolutions of the taps with that range
         for i in range(k):
-            taps = slices[:, i:i + s * out_depth:s].reshape(-1, c, h, w)
+            first = max(0, -((i - pad) // s))  # ceil((pad - i) / s)
+            last = min(out_depth - 1, (d - 1 + pad - i) // s)
+            if first > last:
+                continue
+            start = s * first + i - pad
+            taps = slices[:, start:start + s * (last - first) + 1:s].reshape(-1, c, h, w)
             y = F.conv2d(taps, self.weight[i], stride=s, padding=self.padding)
+            sums[first, last] = y + sums[first, last] if (first, last) in sums else y
+        out = None
+        for (first, last), y in sums.items():
+            channels, out_h, out_w = static_sizes(y)
+            y = y.reshape(-1, last - first + 1, channels * out_h * out_w)
+            if first > 0 or last < out_depth - 1:
+                y = F.pad(y, (0, 0, first, out_depth - 1 - last))
             out = y if out is None else out + y
-        channels, out_h, out_w = static_sizes(out)
         out = out.reshape(-1, out_depth, channels, out_h * out_w).transpose(1, 2)
         return out.reshape(batch, channels, out_depth, out_h, out_w) + self.bias
 
@@ -210,4 +257,7 @@ def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
             module.conv = StridedDepthSlicedConv3d(module.conv)
         if type(module) is PairedWindowAttention:
             module.__class__ = PerWindowAttention  # same parameters and buffers, another _attend
+        if type(module) is TransformerEncoder:
+            module.__class__ = JointEmbedTransformer
+            module.joint_embed = JointPatchEmbed(module.patch_embeds)
     return model
