@@ -8,9 +8,11 @@ import os
 import pickle
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 from veloxseg_train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from veloxseg_train.cli import main
@@ -99,6 +101,11 @@ def test_export_writes_verified_onnx_and_manifest(tmp_path, capsys):
     got = session.run(["logits"], {"image": x.numpy()})[0]
     assert got.shape == (2, 2, 96, 96, 96)
     assert np.abs(got - expected).max() <= 1e-4
+    # constants used once per modality (the upsampling matrices) are stored once
+    graph = onnx.load(str(onnx_path)).graph
+    big_constants = [numpy_helper.to_array(n.attribute[0].t).tobytes() for n in graph.node
+                     if n.op_type == "Constant" and n.attribute[0].t.ByteSize() > 4096]
+    assert big_constants and len(set(big_constants)) == len(big_constants)
 
 
 def test_export_refuses_a_checkpoint_without_normalisation(tmp_path, capsys):
