@@ -93,6 +93,14 @@ class Overlap(enum.Enum):
         return {"fast": 0.0, "standard": 0.25, "fine": 0.5}[self.value]
 
 
+class Blending(enum.Enum):
+    UNIFORM = "uniform"
+    GAUSSIAN = "gaussian"
+
+    def label(self):
+        return {"uniform": _("Uniform"), "gaussian": _("Gaussian")}[self.value]
+
+
 @parameterNodeWrapper
 class VeloxSegSlicerParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
@@ -100,6 +108,7 @@ class VeloxSegSlicerParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     device: Device = Device.CPU_ONE_CORE
     overlap: Overlap = Overlap.STANDARD
+    blending: Blending = Blending.UNIFORM
     minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     oneSegmentPerLesion: bool = True
 
@@ -230,7 +239,8 @@ class VeloxSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 # installing onnxruntime shows dialogs, so it happens here on the GUI thread
                 dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
                 job = self.logic.prepare(node.ctVolume, node.petVolume, node.outputSegmentation, device, threads,
-                                         node.overlap.fraction(), node.minLesionVolumeMl, node.oneSegmentPerLesion)
+                                         node.overlap.fraction(), node.minLesionVolumeMl, node.oneSegmentPerLesion,
+                                         node.blending.value)
             except VeloxSegError as error:
                 self._setStatus(str(error))
                 slicer.util.errorDisplay(str(error), windowTitle=_("VeloxSeg"))

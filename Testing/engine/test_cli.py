@@ -77,6 +77,23 @@ def test_segment_small_real_study(tmp_path, capsys, manifest_path):
     assert "lesion(s)" in stdout
 
 
+def test_gaussian_blending_reaches_the_engine(tmp_path, capsys, manifest_path, monkeypatch):
+    used = []
+    real_segment_study = cli.segment_study
+
+    def recording_segment_study(ct, pet, model, options, **kwargs):
+        used.append(options)
+        return real_segment_study(ct, pet, model, options, **kwargs)
+
+    monkeypatch.setattr(cli, "segment_study", recording_segment_study)
+    out = tmp_path / "lesions.nii.gz"
+    code, stdout, _ = run_segment(capsys, SMALL_STUDY / "ct.nii.gz", SMALL_STUDY / "pet.nii.gz", out,
+                                  manifest_path, extra=("--blending", "gaussian", "--overlap", "0.5"))
+    assert code == 0, stdout
+    assert [(o.blending, o.overlap) for o in used] == [("gaussian", 0.5)]
+    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(out))).max()) >= 1  # the sarcoma is still found
+
+
 def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys, manifest_path):
     """A lesion where only the PET reaches has statistics but no CT voxel: the stats CSV and the summary
     say so (on_ct 0), and the label holds only the other lesion."""
@@ -125,6 +142,10 @@ def test_bad_option_value_is_a_usage_error(capsys, study):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["segment", "--ct", str(ct), "--pet", str(pet), "--out", str(out / "o.nii.gz"), "--overlap", "1.5"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["segment", "--ct", str(ct), "--pet", str(pet), "--out", str(out / "o.nii.gz"), "--blending", "box"])
+    assert exit_info.value.code == 2
+    assert not (out / "o.nii.gz").exists()
 
 
 # --- batch ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from mrml_study import (
 
 from VeloxSegSlicerLib import mrml_io, results, terminology
 from VeloxSegSlicerLib.background import BackgroundRun
-from VeloxSegSlicerLib.engine import Cancelled
+from VeloxSegSlicerLib.engine import Cancelled, InputError
 
 
 @pytest.fixture
@@ -158,6 +158,17 @@ def test_scene_save_and_reload(app, logic, study, tmp_path):
             assert float(after[key]) == pytest.approx(before[key], rel=1e-6)
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(app.scene)
     assert sh.GetItemParent(sh.GetItemByDataNode(seg2)) == sh.GetItemParent(sh.GetItemByDataNode(ct2))
+
+
+def test_blending_option_reaches_the_engine_and_is_checked(app, logic, study):
+    ct_node, pet_node, _, _, _ = study
+    assert logic.prepare(ct_node, pet_node).options.blending == "uniform"  # the reference's default
+    job = logic.prepare(ct_node, pet_node, overlap=0.5, blending="gaussian")
+    assert (job.options.blending, job.options.overlap) == ("gaussian", 0.5)
+    job.run()
+    assert len(job.result.lesions) == len(SPHERES)
+    with pytest.raises(InputError, match="blending"):
+        logic.prepare(ct_node, pet_node, blending="box")
 
 
 def test_one_segment_for_all_lesions(app, logic, study):

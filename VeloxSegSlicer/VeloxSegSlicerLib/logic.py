@@ -91,6 +91,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
     """Segment FDG-avid lesions of a CT + PET (SUVbw) pair into a coded segmentation and a lesion table."""
 
     DEVICES = ("cpu", "gpu")
+    BLENDINGS = ("uniform", "gaussian")
 
     def __init__(self, manifestPath=None):
         """``manifestPath``: model manifest (.json) to use; None = the model bundled with the module."""
@@ -113,7 +114,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
     # -- the three steps -------------------------------------------------------------------------------
 
     def prepare(self, ctNode, petNode, outputSegmentationNode=None, device="cpu", threads=1, overlap=0.25,
-                minLesionMl=0.0, oneSegmentPerLesion=True):
+                minLesionMl=0.0, oneSegmentPerLesion=True, blending="uniform"):
         """Check the inputs and copy their voxels; returns a SegmentationJob. Raises InputError."""
         inputs.validateInputs(ctNode, petNode)
         if outputSegmentationNode is not None and not outputSegmentationNode.IsA("vtkMRMLSegmentationNode"):
@@ -127,7 +128,9 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"overlap must be in [0, 1), got {overlap}.")
         if float(minLesionMl) < 0:
             raise InputError(f"The minimum lesion volume must be 0 mL or more, got {minLesionMl}.")
-        options = SegmentOptions(overlap=float(overlap), min_lesion_ml=float(minLesionMl))
+        if blending not in self.BLENDINGS:
+            raise InputError(f"Unknown blending {blending!r}: use 'uniform' or 'gaussian'.")
+        options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl))
         ctImage = mrml_io.sitkImageFromVolumeNode(ctNode)
         petImage = mrml_io.sitkImageFromVolumeNode(petNode)
         return SegmentationJob(self, ctNode, petNode, ctImage, petImage, outputSegmentationNode, device,
@@ -156,12 +159,13 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, ctNode, petNode, outputSegmentationNode=None, device="cpu", threads=1, overlap=0.25,
                 minLesionMl=0.0, oneSegmentPerLesion=True, progressCallback=None, cancelCallback=None,
-                showResult=True):
+                showResult=True, blending="uniform"):
         """Segment the lesions of a CT + PET (SUVbw) pair; returns (segmentationNode, tableNode).
 
         device: 'cpu' or 'gpu'; threads: CPU threads (0 = all cores); overlap: sliding-window overlap
         (0 fast, 0.25 standard, 0.5 fine); minLesionMl: drop smaller lesions; oneSegmentPerLesion: one
-        segment per lesion, else one segment for all. An existing output segmentation gets its segments
+        segment per lesion, else one segment for all; blending: 'uniform' (average of the overlapping windows,
+        as the reference) or 'gaussian' (window centres weigh more). An existing output segmentation gets its segments
         replaced only when everything succeeded. progressCallback(fraction, stage) reports progress;
         cancelCallback() -> True stops the run (raises Cancelled; the scene is left as it was).
         """
@@ -170,7 +174,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         inputs.validateInputs(ctNode, petNode)  # before any install prompt: bad input needs no onnxruntime
         dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
         job = self.prepare(ctNode, petNode, outputSegmentationNode, device, threads, overlap, minLesionMl,
-                           oneSegmentPerLesion)
+                           oneSegmentPerLesion, blending)
         job.run(report, cancelCallback)
         if cancelCallback is not None and cancelCallback():
             raise Cancelled("Cancelled; the scene was not changed.")
@@ -182,7 +186,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
 
     def segmentFolder(self, inputDir, outputDir, ctPattern=None, petPattern=None, device="cpu", threads=1,
                       overlap=0.25, minLesionMl=0.0, oneSegmentPerLesion=True, progressCallback=None,
-                      cancelCallback=None):
+                      cancelCallback=None, blending="uniform"):
         """Segment every case of ``inputDir``; write per case ``<case>.seg.nrrd`` and ``<case>_lesions.csv``
         into ``outputDir``, and ``summary.csv`` over all cases. Returns the summary rows (dicts).
 
@@ -208,13 +212,13 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
                 report((index + fraction) / len(cases), f"{case.name} ({index + 1}/{len(cases)}): {stage}")
 
             summary.append(self._segmentCase(case, outputDir, caseProgress, cancelCallback, device, threads,
-                                             overlap, minLesionMl, oneSegmentPerLesion))
+                                             overlap, minLesionMl, oneSegmentPerLesion, blending))
         batch.writeSummary(summary, os.path.join(outputDir, "summary.csv"))
         report(1.0, f"Done: {len(cases)} case(s)")
         return summary
 
     def _segmentCase(self, case, outputDir, report, cancelCallback, device, threads, overlap, minLesionMl,
-                     oneSegmentPerLesion):
+                     oneSegmentPerLesion, blending):
         scene = slicer.mrmlScene
         before = set(batch.nodeIds(scene))
         started = time.perf_counter()
@@ -222,7 +226,8 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             report(0.0, "Reading")
             ctNode, petNode = batch.loadCase(case)
             segNode, tableNode = self.segment(ctNode, petNode, None, device, threads, overlap, minLesionMl,
-                                              oneSegmentPerLesion, report, cancelCallback, showResult=False)
+                                              oneSegmentPerLesion, report, cancelCallback, showResult=False,
+                                              blending=blending)
             outputs = batch.saveCaseResults(case.name, segNode, tableNode, outputDir)
             row = batch.summaryRow(case, tableNode, outputs, time.perf_counter() - started)
         except Cancelled:

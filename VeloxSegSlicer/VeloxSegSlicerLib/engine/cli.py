@@ -55,6 +55,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--overlap", type=_overlap, default=0.25, metavar="F", help="sliding-window overlap (default 0.25)"
     )
     parser.add_argument(
+        "--blending", choices=("uniform", "gaussian"), default="uniform",
+        help="how overlapping windows are averaged: uniform (default, as the reference) or gaussian (centre-weighted)"
+    )
+    parser.add_argument(
         "--min-lesion-ml", type=_volume, default=0.0, metavar="X", help="drop lesions smaller than X mL (default 0)"
     )
     parser.add_argument("--model", metavar="MANIFEST", help="model manifest .json (default: the bundled model)")
@@ -106,7 +110,7 @@ def _load_model(args):
 
 
 def _options(args) -> SegmentOptions:
-    return SegmentOptions(overlap=args.overlap, min_lesion_ml=args.min_lesion_ml)
+    return SegmentOptions(overlap=args.overlap, blending=args.blending, min_lesion_ml=args.min_lesion_ml)
 
 
 def command_segment(args, cancelled=None) -> int:
