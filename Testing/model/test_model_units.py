@@ -19,6 +19,7 @@ from veloxseg_train.model.export_rewrites import (
     rewrite_for_export,
 )
 from veloxseg_train.model.jlc import GroupConvBranch
+from veloxseg_train.model.patch_embed import PatchEmbed
 from veloxseg_train.model.pwa import PairedWindowAttention
 from veloxseg_train.model.sliced_conv import depth_sliced_conv3d
 from veloxseg_train.model.windows import relative_position_index, upsample_matrix, window_partition, window_reverse
@@ -165,3 +166,17 @@ def test_wrong_input_size_names_the_sizes_it_takes():
         model(torch.zeros(1, 2, 64, 96, 96))
     with pytest.raises(ValueError, match="got \\(1, 1, 96, 96, 96\\)"):
         model(torch.zeros(1, 1, 96, 96, 96))
+
+
+def test_patch_embedding_gradients_match_the_plain_conv():
+    torch.manual_seed(0)
+    embed = PatchEmbed(1, 8, 4, dropout=0.0)
+    x = torch.randn(2, 1, 8, 12, 16, requires_grad=True)
+    grad_out = torch.randn(2, 8, 2, 3, 4)
+    embed(x).backward(grad_out)  # the CPU training path (custom backward)
+    custom = (x.grad.clone(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone())
+    x.grad = None
+    embed.zero_grad()
+    embed.proj(x).backward(grad_out)  # PyTorch's own Conv3d backward
+    for got, expected in zip(custom, (x.grad, embed.proj.weight.grad, embed.proj.bias.grad)):
+        assert torch.allclose(got, expected, atol=1e-4)
