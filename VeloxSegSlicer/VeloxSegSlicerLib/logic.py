@@ -91,7 +91,6 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
     """Segment FDG-avid lesions of a CT + PET (SUVbw) pair into a coded segmentation and a lesion table."""
 
     DEVICES = ("cpu", "gpu")
-    BLENDINGS = ("uniform", "gaussian")
 
     def __init__(self, manifestPath=None):
         """``manifestPath``: model manifest (.json) to use; None = the model bundled with the module."""
@@ -128,9 +127,8 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"overlap must be in [0, 1), got {overlap}.")
         if float(minLesionMl) < 0:
             raise InputError(f"The minimum lesion volume must be 0 mL or more, got {minLesionMl}.")
-        if blending not in self.BLENDINGS:
-            raise InputError(f"Unknown blending {blending!r}: use 'uniform' or 'gaussian'.")
         options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl))
+        options.validate()  # the engine's own checks, here before any copy or background run
         ctImage = mrml_io.sitkImageFromVolumeNode(ctNode)
         petImage = mrml_io.sitkImageFromVolumeNode(petNode)
         return SegmentationJob(self, ctNode, petNode, ctImage, petImage, outputSegmentationNode, device,

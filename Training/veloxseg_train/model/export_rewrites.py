@@ -44,11 +44,15 @@ def to_depth_slices(x: torch.Tensor, pad: int) -> torch.Tensor:
     return x.reshape(-1, c, d + 2 * pad, h * w).transpose(1, 2).reshape(-1, d + 2 * pad, c, h, w)
 
 
-def from_depth_slices(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B*D, C, H, W) -> (B, C, D, H, W), with B and D those of `like` (B, *, D, *, *)."""
+def from_depth_slices(y: torch.Tensor, batch, depth: int) -> torch.Tensor:
+    """(B*D, C, H, W) -> (B, C, D, H, W); `batch` is the input's traced x.shape[0]."""
     c, h, w = static_sizes(y)
-    depth = static_sizes(like)[1]
-    return y.reshape(-1, depth, c, h * w).transpose(1, 2).reshape(like.shape[0], c, depth, h, w)
+    return y.reshape(-1, depth, c, h * w).transpose(1, 2).reshape(batch, c, depth, h, w)
+
+
+def per_depth_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """Conv3d weight (out, in, kd, kh, kw) -> (kd, out, in, kh, kw): one 2-D kernel per kernel depth."""
+    return weight.detach().permute(2, 0, 1, 3, 4).contiguous()
 
 
 def tap_sum_conv(slices: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
@@ -90,13 +94,14 @@ class TapSlicedBranch(nn.Module):
     def __init__(self, branch: GroupConvBranch, min_group_channels: int = NCHWC_BLOCK):
         super().__init__()
         weight, self.groups = merged_group_weight(branch.conv, min_group_channels)
-        self.register_buffer("weight", weight.permute(2, 0, 1, 3, 4).contiguous())  # (k, out, in/g, kh, kw)
+        self.register_buffer("weight", per_depth_kernels(weight))
         self.register_buffer("bias", branch.conv.bias.detach().clone())
         self.norm, self.act = branch.norm, branch.act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         slices = to_depth_slices(x, self.weight.shape[0] // 2)
-        y = from_depth_slices(tap_sum_conv(slices, self.weight, self.bias, self.groups), like=x)
+        y = tap_sum_conv(slices, self.weight, self.bias, self.groups)
+        y = from_depth_slices(y, x.shape[0], static_sizes(x)[1])
         return self.act(self.norm(y))
 
 
@@ -108,7 +113,7 @@ class SlicedShuffleHead(nn.Module):
         super().__init__()
         self.factor = head.factor
         self.classes = head.conv.out_channels // head.factor**3
-        self.register_buffer("weight", head.conv.weight.detach().permute(2, 0, 1, 3, 4).contiguous())
+        self.register_buffer("weight", per_depth_kernels(head.conv.weight))
         self.register_buffer("bias", head.conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,11 +133,12 @@ class PerWindowAttention(PairedWindowAttention):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         windows, heads, _, tokens = (int(size) for size in q.shape[1:])
         chunk = max(1, ATTENTION_CHUNK_SCORES // (heads * tokens * tokens))
+        attend = super()._attend
         if chunk >= windows:
-            return super()._attend(q, k, v, bias)
-        outputs = [super(PerWindowAttention, self)._attend(q[:, i:i + chunk], k[:, i:i + chunk], v[:, i:i + chunk],
-                                                           bias) for i in range(0, windows, chunk)]
-        return torch.cat(outputs, dim=1)
+            return attend(q, k, v, bias)
+        chunks = range(0, windows, chunk)
+        return torch.cat([attend(q[:, i:i + chunk], k[:, i:i + chunk], v[:, i:i + chunk], bias) for i in chunks],
+                         dim=1)
 
 
 class JointPatchEmbed(nn.Module):
@@ -184,8 +190,7 @@ class StridedDepthSlicedConv3d(nn.Module):
         self.stride = conv.stride[0]
         self.depth_padding = conv.padding[0]
         self.padding = conv.padding[1:]
-        # (kernel depth, out, in, kh, kw): one 2-D kernel per depth tap
-        self.register_buffer("weight", conv.weight.detach().permute(2, 0, 1, 3, 4).contiguous())
+        self.register_buffer("weight", per_depth_kernels(conv.weight))
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
         self.register_buffer("bias", bias.reshape(1, -1, 1, 1, 1).clone())
 
@@ -211,8 +216,7 @@ class StridedDepthSlicedConv3d(nn.Module):
             if first > 0 or last < out_depth - 1:
                 y = F.pad(y, (0, 0, first, out_depth - 1 - last))
             out = y if out is None else out + y
-        out = out.reshape(-1, out_depth, channels, out_h * out_w).transpose(1, 2)
-        return out.reshape(batch, channels, out_depth, out_h, out_w) + self.bias
+        return from_depth_slices(out.reshape(-1, channels, out_h, out_w), batch, out_depth) + self.bias
 
 
 class PlainConvBranch(nn.Module):
@@ -226,13 +230,30 @@ class PlainConvBranch(nn.Module):
         return self.branch.act(self.branch.norm(self.branch.conv(x)))
 
 
+def replace_children(model: nn.Module, replacement) -> nn.Module:
+    """`model` (in place) with every submodule for which replacement(child) returns a module swapped for it."""
+    targets = [(parent, name, new) for parent in model.modules() for name, child in parent.named_children()
+               if (new := replacement(child)) is not None]
+    for parent, name, new in targets:  # replaced after the walk: the wrappers contain the originals
+        setattr(parent, name, new)
+    return model
+
+
 def with_plain_branches(model: nn.Module, max_kernel: int) -> nn.Module:
     """`model` (in place) with the JLC branches of kernel <= max_kernel as plain grouped Conv3d."""
-    targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
-               if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] <= max_kernel]
-    for parent, name, child in targets:  # replaced after the walk: the wrappers contain the branches
-        setattr(parent, name, PlainConvBranch(child))
-    return model
+    return replace_children(model, lambda child: PlainConvBranch(child) if isinstance(child, GroupConvBranch)
+                            and child.conv.kernel_size[0] <= max_kernel else None)
+
+
+def _export_form(child: nn.Module):
+    """The export replacement of a submodule, or None to keep it."""
+    if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 1:
+        return PlainConvBranch(child)
+    if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 3:
+        return TapSlicedBranch(child)
+    if isinstance(child, ShuffleHead):
+        return SlicedShuffleHead(child)
+    return None
 
 
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
@@ -240,18 +261,7 @@ def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
     depth-sliced; 1x1x1 JLC branches as plain grouped Conv3d (no im2col needed); 3x3x3 JLC branches and
     the head as per-depth 2-D convolutions; window attention in cache-sized chunks of windows. The 5x5x5
     JLC branches keep the model's own depth slicing (measured faster in ORT than per-depth convolutions)."""
-    model = copy.deepcopy(model)
-    replacements = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 1:
-                replacements.append((parent, name, PlainConvBranch(child)))
-            elif isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 3:
-                replacements.append((parent, name, TapSlicedBranch(child)))
-            elif isinstance(child, ShuffleHead):
-                replacements.append((parent, name, SlicedShuffleHead(child)))
-    for parent, name, replacement in replacements:  # after the walk: the wrappers contain the originals
-        setattr(parent, name, replacement)
+    model = replace_children(copy.deepcopy(model), _export_form)
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)

@@ -23,6 +23,7 @@ from .outputs import AtomicOutputs, check_label_path, check_writable
 from .pipeline import SegmentOptions, segment_study
 from .progress import ProgressBar
 from .runtime import load_model
+from .sliding_window import BLENDINGS
 from .suv import read_pet_suv
 
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 130
@@ -55,7 +56,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--overlap", type=_overlap, default=0.25, metavar="F", help="sliding-window overlap (default 0.25)"
     )
     parser.add_argument(
-        "--blending", choices=("uniform", "gaussian"), default="uniform",
+        "--blending", choices=BLENDINGS, default="uniform",
         help="how overlapping windows are averaged: uniform (default, as the reference) or gaussian (centre-weighted)"
     )
     parser.add_argument(

@@ -28,7 +28,7 @@ from .preprocess import (
     normalize_in_place,
     resample_to_model_grid,
 )
-from .sliding_window import sliding_window_logit_diff
+from .sliding_window import BLENDINGS, sliding_window_logit_diff
 from .statistics import StudyTotals, lesion_statistics, study_totals
 
 # stage -> (start, end) of the overall progress fraction
@@ -50,7 +50,7 @@ class SegmentOptions:
     def validate(self) -> None:
         if not (isinstance(self.overlap, numbers.Real) and 0.0 <= self.overlap < 1.0):
             raise InputError(f"overlap must be in [0, 1), got {self.overlap!r}.")
-        if self.blending not in ("uniform", "gaussian"):
+        if self.blending not in BLENDINGS:
             raise InputError(f"blending must be 'uniform' or 'gaussian', got {self.blending!r}.")
         if not (isinstance(self.min_lesion_ml, numbers.Real) and math.isfinite(self.min_lesion_ml)):
             raise InputError(f"min_lesion_ml must be a number, got {self.min_lesion_ml!r}.")

@@ -50,6 +50,9 @@ def plan_windows(shape_zyx, patch_size, overlap: float) -> list:
     return list(itertools.product(*starts))
 
 
+BLENDINGS = ("uniform", "gaussian")  # uniform: plain average of overlapping windows (the reference)
+
+
 def sliding_window_logit_diff(
     ct: np.ndarray,
     pet: np.ndarray,
@@ -72,7 +75,7 @@ def sliding_window_logit_diff(
     """
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}.")
-    if blending not in ("uniform", "gaussian"):
+    if blending not in BLENDINGS:
         raise InputError(f"blending must be 'uniform' or 'gaussian', got {blending!r}.")
     if ct.shape != pet.shape:
         raise ValueError(f"CT and PET arrays differ in shape: {ct.shape} vs {pet.shape}")
