@@ -6,21 +6,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from veloxseg_train.model import VeloxSeg, VeloxSegConfig, export_rewrites, gram_matrix
+from veloxseg_train.model import VeloxSeg, VeloxSegConfig, export_transformer, gram_matrix
 from veloxseg_train.model.config import WindowPair
 from veloxseg_train.model.decoders import ShuffleHead, pixel_shuffle_3d
 from veloxseg_train.model.export_rewrites import (
-    JointPatchEmbed,
-    PerWindowAttention,
     SlicedShuffleHead,
     StridedDepthSlicedConv3d,
     TapSlicedBranch,
     merged_group_weight,
     rewrite_for_export,
 )
+from veloxseg_train.model.export_transformer import (
+    ChannelsLastFusion,
+    ChannelsLastPWABlock,
+    ChannelsLastTransformer,
+    JointPatchEmbed,
+)
 from veloxseg_train.model.jlc import GroupConvBranch
+from veloxseg_train.model.layers import ChannelLayerNorm
 from veloxseg_train.model.patch_embed import PatchEmbed
-from veloxseg_train.model.pwa import PairedWindowAttention
+from veloxseg_train.model.pwa import PWABlock
 from veloxseg_train.model.sliced_conv import depth_sliced_conv3d
 from veloxseg_train.model.windows import relative_position_index, upsample_matrix, window_partition, window_reverse
 
@@ -106,7 +111,8 @@ def test_joint_patch_embedding_equals_the_per_modality_embeddings():
     with torch.no_grad():
         expected = model.encoder.transformer.embed(x)
         got = joint(x)
-    assert len(got) == 2 and all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+    assert len(got) == 2  # channels-last per modality
+    assert all(torch.allclose(g, e.permute(0, 2, 3, 4, 1), atol=1e-5) for g, e in zip(got, expected))
 
 
 def test_merged_groups_keep_the_grouped_convolution():
@@ -134,27 +140,53 @@ def test_sliced_shuffle_head_equals_the_head():
         assert torch.allclose(SlicedShuffleHead(head)(x), head(x), atol=1e-5)
 
 
+def randomise_channel_norms(module: torch.nn.Module) -> None:
+    """Non-trivial affines in every channel LayerNorm, so that folding them into the next linear map is tested."""
+    for norm in module.modules():
+        if isinstance(norm, ChannelLayerNorm):
+            norm.weight.data.uniform_(0.5, 1.5)
+            norm.bias.data.normal_(0.0, 0.3)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("chunk_scores", [1, 3 * 2 * 54 * 54, 2**18])  # one window, 3 windows, all at once
-def test_chunked_attention_equals_batched_attention(monkeypatch, chunk_scores):
-    monkeypatch.setattr(export_rewrites, "ATTENTION_CHUNK_SCORES", chunk_scores)
+def test_channels_last_pwa_block_equals_the_block(monkeypatch, chunk_scores, heads):
+    monkeypatch.setattr(export_transformer, "ATTENTION_CHUNK_SCORES", chunk_scores)
     torch.manual_seed(0)
     pairs = [WindowPair(big=(3, 3, 3), small=(1, 1, 1)), WindowPair(big=(6, 6, 6), small=(2, 2, 2))]
-    attention = PairedWindowAttention(16, 16, 16, 2, pairs, 2, 0.0, 0.0, True).eval()
+    block = PWABlock(16, 16, 32, heads, pairs, 2, 2, 0.0, 0.0, True).eval()
+    randomise_channel_norms(block)
     features = [torch.randn(2, 16, 6, 6, 6) for _ in range(2)]
     with torch.no_grad():
-        expected = attention(features)
-        attention.__class__ = PerWindowAttention
-        got = attention(features)
-    assert all(torch.allclose(g, e, atol=1e-5) for g, e in zip(got, expected))
+        expected = block(features)
+        got = ChannelsLastPWABlock(block)([f.permute(0, 2, 3, 4, 1) for f in features])
+    assert all(torch.allclose(g, e.permute(0, 2, 3, 4, 1), atol=1e-5) for g, e in zip(got, expected))
+
+
+@pytest.mark.parametrize("preset", ["autopet", "hecktor"])  # cubic and anisotropic windows
+def test_channels_last_transformer_and_fusions_equal_the_branch(preset):
+    torch.manual_seed(0)
+    cfg = getattr(VeloxSegConfig, preset)()
+    encoder = VeloxSeg(cfg).eval().encoder
+    randomise_channel_norms(encoder)
+    x = torch.randn(2, 2, *cfg.input_size)
+    with torch.no_grad():
+        expected = encoder.transformer(x)
+        got = ChannelsLastTransformer(encoder.transformer)(x)
+        for fusion, stage_expected, stage_got in zip(encoder.fusions, expected, got):
+            assert all(torch.allclose(g, e.permute(0, 2, 3, 4, 1), atol=1e-4)
+                       for g, e in zip(stage_got, stage_expected))
+            assert torch.allclose(ChannelsLastFusion(fusion)(stage_got), fusion(stage_expected), atol=1e-4)
 
 
 def test_export_rewrite_replaces_the_slow_forms_and_keeps_the_function():
     model = VeloxSeg().eval()
     rewritten = rewrite_for_export(model)
     kinds = {type(m).__name__ for m in rewritten.modules()}
-    assert {"TapSlicedBranch", "SlicedShuffleHead", "PerWindowAttention", "StridedDepthSlicedConv3d",
-            "JointPatchEmbed", "JointEmbedTransformer"} <= kinds
-    assert "ShuffleHead" not in kinds and all(type(m).__name__ != "PerWindowAttention" for m in model.modules())
+    assert {"TapSlicedBranch", "SlicedShuffleHead", "StridedDepthSlicedConv3d", "JointPatchEmbed",
+            "ChannelsLastTransformer", "ChannelsLastFusion"} <= kinds
+    assert not {"ShuffleHead", "TransformerEncoder", "Fusion"} & kinds
+    assert all(type(m).__name__ != "ChannelsLastTransformer" for m in model.modules())
     x = torch.randn(1, 2, 96, 96, 96)
     with torch.no_grad():
         assert torch.allclose(rewritten(x), model(x), atol=1e-4)

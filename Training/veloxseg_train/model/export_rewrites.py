@@ -5,27 +5,25 @@ convolutions whose channel counts are multiples of 8 run on its blocked ("NCHWc"
 - the 7x7x7 stride-4 stem becomes one strided 2-D convolution per kernel depth;
 - the 3x3x3 head and the 3x3x3 JLC branches become one 2-D convolution per kernel depth over shifted
   views of the depth slices (groups of 4 channels are merged into groups of 8 with zero weights);
-- window attention is computed a few windows at a time, so that each chunk's score matrices stay in
-  cache between the matmul, the bias add and the softmax.
+- the transformer branch and its fusions run channels-last, both modalities in one tensor
+  (export_transformer.py).
 Results agree to float32 rounding (export verifies it); training keeps the plain modules.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .decoders import ShuffleHead
-from .encoders import DownConv, TransformerEncoder
+from .encoders import DownConv, DualStreamEncoder
+from .export_transformer import ChannelsLastFusion, ChannelsLastTransformer
 from .jlc import GroupConvBranch
-from .pwa import PairedWindowAttention
 
 NCHWC_BLOCK = 8  # channel block of ONNX Runtime's AVX2 NCHWc kernels; groups narrower than this are merged
-ATTENTION_CHUNK_SCORES = 2**18  # scores (1 MB of float32) per attention chunk: about what stays in L2
 
 
 def static_sizes(x: torch.Tensor) -> tuple:
@@ -126,55 +124,6 @@ class SlicedShuffleHead(nn.Module):
         return y.reshape(x.shape[0], classes, d * f, h * f, w * f)
 
 
-class PerWindowAttention(PairedWindowAttention):
-    """PWA whose attention runs on a few windows at a time: same result, but each chunk's score block
-    (chunk, H, M*T, M*T) is small enough to stay in cache through the matmul, bias add and softmax."""
-
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        windows, heads, _, tokens = (int(size) for size in q.shape[1:])
-        chunk = max(1, ATTENTION_CHUNK_SCORES // (heads * tokens * tokens))
-        attend = super()._attend
-        if chunk >= windows:
-            return attend(q, k, v, bias)
-        chunks = range(0, windows, chunk)
-        return torch.cat([attend(q[:, i:i + chunk], k[:, i:i + chunk], v[:, i:i + chunk], bias) for i in chunks],
-                         dim=1)
-
-
-class JointPatchEmbed(nn.Module):
-    """All modalities' patch embeddings (Conv3d, kernel = stride = p, one input channel each) as one 2-D
-    convolution: each block of p depth slices of one modality is an image whose p channels are the slices,
-    so (B, M, D, H, W) becomes (B*M*D/p, p, H, W) by a reshape alone, with no input copy; the conv applies
-    every modality's kernel (M x C outputs) and each modality keeps its own C."""
-
-    def __init__(self, embeds: nn.ModuleList):
-        super().__init__()
-        convs = [embed.proj for embed in embeds]
-        if any(c.in_channels != 1 or c.kernel_size != c.stride or len(set(c.stride)) != 1 for c in convs):
-            raise ValueError("only one-channel, non-overlapping cubic patch embeddings can be joined")
-        self.patch = convs[0].stride[0]
-        self.channels = convs[0].out_channels
-        # (M*C, 1, p, p, p) -> (M*C, p, p, p): the kernel's depth axis becomes the 2-D input channels
-        self.register_buffer("weight", torch.cat([c.weight.detach() for c in convs])[:, 0].clone())
-        self.register_buffer("bias", torch.cat([c.bias.detach() for c in convs]).clone())
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        modalities, d, h, w = static_sizes(x)
-        p, c = self.patch, self.channels
-        blocks, out_h, out_w = d // p, h // p, w // p
-        y = F.conv2d(x.reshape(-1, p, h, w), self.weight, self.bias, stride=p)  # (B*M*D/p, M*C, H/p, W/p)
-        y = y.reshape(-1, modalities, blocks, modalities * c, out_h * out_w)
-        return [y[:, m, :, m * c:(m + 1) * c].transpose(1, 2).reshape(x.shape[0], c, blocks, out_h, out_w)
-                for m in range(modalities)]
-
-
-class JointEmbedTransformer(TransformerEncoder):
-    """TransformerEncoder whose patch embedding is `joint_embed` (a JointPatchEmbed)."""
-
-    def embed(self, x: torch.Tensor) -> List[torch.Tensor]:
-        return self.joint_embed(x)
-
-
 class StridedDepthSlicedConv3d(nn.Module):
     """A strided Conv3d (e.g. the 7x7x7 stride-4 stem) as one strided 2-D convolution per kernel depth.
 
@@ -265,9 +214,7 @@ def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
             module.conv = StridedDepthSlicedConv3d(module.conv)
-        if type(module) is PairedWindowAttention:
-            module.__class__ = PerWindowAttention  # same parameters and buffers, another _attend
-        if type(module) is TransformerEncoder:
-            module.__class__ = JointEmbedTransformer
-            module.joint_embed = JointPatchEmbed(module.patch_embeds)
+        if isinstance(module, DualStreamEncoder):
+            module.transformer = ChannelsLastTransformer(module.transformer)
+            module.fusions = nn.ModuleList(ChannelsLastFusion(fusion) for fusion in module.fusions)
     return model
