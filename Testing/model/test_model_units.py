@@ -10,6 +10,7 @@ from veloxseg_train.model import VeloxSeg, VeloxSegConfig, export_transformer, g
 from veloxseg_train.model.config import WindowPair
 from veloxseg_train.model.decoders import ShuffleHead, pixel_shuffle_3d
 from veloxseg_train.model.export_rewrites import (
+    DepthSlicedBranch,
     SlicedShuffleHead,
     StridedDepthSlicedConv3d,
     TapSlicedBranch,
@@ -133,6 +134,16 @@ def test_tap_sliced_branch_equals_the_branch(channels, groups):
         assert torch.allclose(TapSlicedBranch(branch)(x), branch(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("channels,groups", [(16, 4), (32, 4), (12, 3)])
+def test_depth_sliced_branch_equals_the_branch(channels, groups):
+    torch.manual_seed(0)
+    branch = GroupConvBranch(channels, 5, groups).eval()
+    torch.nn.init.normal_(branch.conv.bias)  # the rewrite moves the bias into kernel depth 0's partial
+    x = torch.randn(2, channels, 7, 6, 5)
+    with torch.no_grad():
+        assert torch.allclose(DepthSlicedBranch(branch)(x), branch(x), atol=1e-5)
+
+
 def test_sliced_shuffle_head_equals_the_head():
     head = ShuffleHead(16, 2, 4).eval()
     x = torch.randn(2, 16, 5, 6, 4)
@@ -183,7 +194,7 @@ def test_export_rewrite_replaces_the_slow_forms_and_keeps_the_function():
     model = VeloxSeg().eval()
     rewritten = rewrite_for_export(model)
     kinds = {type(m).__name__ for m in rewritten.modules()}
-    assert {"TapSlicedBranch", "SlicedShuffleHead", "StridedDepthSlicedConv3d", "JointPatchEmbed",
+    assert {"TapSlicedBranch", "DepthSlicedBranch", "SlicedShuffleHead", "StridedDepthSlicedConv3d", "JointPatchEmbed",
             "ChannelsLastTransformer", "ChannelsLastFusion"} <= kinds
     assert not {"ShuffleHead", "TransformerEncoder", "Fusion"} & kinds
     assert all(type(m).__name__ != "ChannelsLastTransformer" for m in model.modules())

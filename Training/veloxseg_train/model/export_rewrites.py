@@ -5,7 +5,9 @@ convolutions whose channel counts are multiples of 8 run on its blocked ("NCHWc"
 - the 7x7x7 stride-4 stem becomes one strided 2-D convolution per kernel depth;
 - the 3x3x3 head and the 3x3x3 JLC branches become one 2-D convolution per kernel depth over shifted
   views of the depth slices (groups of 4 channels are merged into groups of 8 with zero weights);
-- the transformer branch and its fusions run channels-last, both modalities in one tensor
+- the 5x5x5 JLC branches keep the model's depth slicing (one 2-D conv for all kernel depths, measured
+  faster in ORT than one per kernel depth), with cheaper slicing of the shifted partial outputs;
+- the transformer branch and its fusions run channels-last, one tensor per modality
   (export_transformer.py).
 Results agree to float32 rounding (export verifies it); training keeps the plain modules.
 """
@@ -86,6 +88,42 @@ def merged_group_weight(conv: nn.Conv3d, min_channels: int) -> tuple:
     return merged, conv.groups // merge
 
 
+class DepthSlicedBranch(nn.Module):
+    """A JLC branch with its grouped conv as one 2-D convolution over the depth slices that yields every
+    kernel depth's partial output at once (as the model's `depth_sliced_conv3d`); output slice z sums the
+    partial of kernel depth i from padded slice z + i. Here each shifted partial is cut out by slicing
+    the kernel depth first (the model's `y[:, i:i + d, :, i]` exports as a Slice copying every kernel
+    depth's partial, then a Gather), and the conv adds the bias to kernel depth 0's partial."""
+
+    def __init__(self, branch: GroupConvBranch):
+        super().__init__()
+        conv = branch.conv
+        k, self.groups = conv.kernel_size[0], conv.groups
+        per_group, in_per_group = conv.out_channels // self.groups, conv.in_channels // self.groups
+        # output channels ordered (group, kernel depth, channel), as in depth_sliced_conv3d
+        weight = conv.weight.detach().reshape(self.groups, per_group, in_per_group, k, k, k).permute(0, 3, 1, 2, 4, 5)
+        self.register_buffer("weight", weight.reshape(self.groups * k * per_group, in_per_group, k, k).clone())
+        bias = torch.zeros(self.groups, k, per_group)
+        bias[:, 0] = conv.bias.detach().reshape(self.groups, per_group)
+        self.register_buffer("bias", bias.reshape(-1))
+        self.norm, self.act = branch.norm, branch.act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c, d, h, w = static_sizes(x)
+        k = int(self.weight.shape[-1])
+        pad, per_group = k // 2, c // self.groups
+        slices = to_depth_slices(x, pad).reshape(-1, c, h, w)  # (B*(D+2p), C, H, W)
+        y = F.conv2d(slices, self.weight, self.bias, padding=pad, groups=self.groups)  # (B*(D+2p), G*k*c/G, H, W)
+        y = y.reshape(-1, d + 2 * pad, self.groups, k, per_group * h * w)
+        out = None
+        for i in range(k):
+            # kernel depth first: each Slice node copies only what it keeps (the exporter emits one per axis)
+            part = y[:, :, :, i:i + 1][:, i:i + d]  # (B, D, G, 1, c/G * H*W)
+            out = part if out is None else out + part
+        out = from_depth_slices(out.reshape(-1, c, h, w), x.shape[0], d)
+        return self.act(self.norm(out))
+
+
 class TapSlicedBranch(nn.Module):
     """A JLC branch (grouped 'same' Conv3d + IN + GELU) with the conv as per-depth 2-D convolutions."""
 
@@ -105,7 +143,8 @@ class TapSlicedBranch(nn.Module):
 
 class SlicedShuffleHead(nn.Module):
     """ShuffleHead with its 3x3x3 conv as per-depth 2-D convolutions; the 4x pixel shuffle starts from
-    the slice layout, (B*D, classes*f^3, H, W), and needs three rank <= 4 transposes."""
+    the slice layout, (B*D, classes*f^3, H, W), channels ordered (class, s1, s2, s3). It first interleaves
+    s3 with W (the costly element-wise step, done on the smallest unit), then moves whole rows of W*f."""
 
     def __init__(self, head: ShuffleHead):
         super().__init__()
@@ -118,9 +157,8 @@ class SlicedShuffleHead(nn.Module):
         d, h, w = static_sizes(x)[1:]
         f, classes = self.factor, self.classes
         y = tap_sum_conv(to_depth_slices(x, self.weight.shape[0] // 2), self.weight, self.bias, groups=1)
-        y = y.reshape(-1, d, classes, f**3 * h * w).transpose(1, 2)  # [B classes D (s1 s2 s3 H W)]
-        y = y.reshape(-1, f * f, h, w).transpose(1, 2)  # [.. D s1 H (s2 s3) W]
-        y = y.reshape(-1, f, w).transpose(1, 2)  # [.. D s1 H s2 W s3]
+        y = y.reshape(-1, f, h * w).transpose(1, 2)  # [B D classes s1 s2] [H W] [s3]
+        y = y.reshape(-1, d, classes, f, f, h, w * f).permute(0, 2, 1, 3, 5, 4, 6)  # [B classes D s1 H s2 (W s3)]
         return y.reshape(x.shape[0], classes, d * f, h * f, w * f)
 
 
@@ -200,6 +238,8 @@ def _export_form(child: nn.Module):
         return PlainConvBranch(child)
     if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] == 3:
         return TapSlicedBranch(child)
+    if isinstance(child, GroupConvBranch) and child.conv.kernel_size[0] > 3:
+        return DepthSlicedBranch(child)
     if isinstance(child, ShuffleHead):
         return SlicedShuffleHead(child)
     return None
@@ -208,8 +248,8 @@ def _export_form(child: nn.Module):
 def rewrite_for_export(model: nn.Module, min_kernel: int = 5) -> nn.Module:
     """A copy of `model` for ONNX Runtime (module docstring): the stem (strided, kernel >= min_kernel)
     depth-sliced; 1x1x1 JLC branches as plain grouped Conv3d (no im2col needed); 3x3x3 JLC branches and
-    the head as per-depth 2-D convolutions; window attention in cache-sized chunks of windows. The 5x5x5
-    JLC branches keep the model's own depth slicing (measured faster in ORT than per-depth convolutions)."""
+    the head as per-depth 2-D convolutions; 5x5x5 JLC branches as one depth-sliced 2-D convolution; the
+    transformer branch and the fusions channels-last."""
     model = replace_children(copy.deepcopy(model), _export_form)
     for module in model.modules():
         if isinstance(module, DownConv) and module.conv.kernel_size[0] >= min_kernel:
