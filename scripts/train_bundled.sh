@@ -25,7 +25,7 @@ for run in ablation_sdkt ablation_no_sdkt; do
       --split test --out "work-data/eval/$run"
 done
 "$bin/veloxseg-train" export work-data/runs/bundled_stage2/checkpoints/last.pt \
-    --out VeloxSegSlicer/Resources/Models/veloxseg.onnx --model-version 0.3.1 \
+    --out VeloxSegSlicer/Resources/Models/veloxseg.onnx --model-version 0.3.2 \
     --data "60 synthetic whole-body phantoms (seed 0) + 29 IBSI STS cases; split train/val/test per source (seed 0); stage 1 (bundled.toml, 500 steps) then stage 2 (bundled_stage2.toml, 1000 steps, hard-negative crops, centre jitter 0.9)"
 # the shipped model itself (ONNX through the inference engine) on the held-out cases
 "$bin/veloxseg-train" evaluate --model VeloxSegSlicer/Resources/Models/veloxseg.json --cases work-data/prep \
