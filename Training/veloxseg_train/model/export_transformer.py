@@ -176,12 +176,12 @@ class ChannelsLastPWABlock(nn.Module):
         td, th, tw = pair.tokens
         gathered = []
         for projection, x in zip(self.projections[i], normed):
-            t = apply_linear(projection, x)  # (B, D, H, W, H e)
+            t = apply_linear(projection, x)  # (B, D, H, W, heads * e)
             t = t.reshape(-1, grid[0], grid[1], grid[2] * heads * e)
             if pair.small != (1, 1, 1):
                 t = max_pool_channels_last(t, pair.small, heads * e)
-            gathered.append(window_partition(t, (td, th, tw * heads * e)))  # (B, W, T * H e)
-        # [CT tokens ; PET tokens] per window and head, as in PairedWindowAttention: (B, W, H, M*T, e)
+            gathered.append(window_partition(t, (td, th, tw * heads * e)))  # (B, windows, T * heads * e)
+        # [CT tokens ; PET tokens] per window and head, as in PairedWindowAttention: (B, windows, heads, M*T, e)
         m = self.modalities
         t = torch.stack(gathered, dim=2).reshape(-1, count, m * tokens, heads, e)
         t = t.transpose(2, 3) if heads > 1 else t.reshape(-1, count, 1, m * tokens, e)
@@ -263,7 +263,7 @@ class ChannelsLastFusion(nn.Module):
     def __init__(self, fusion: Fusion):
         super().__init__()
         weight, bias = conv_matrix(fusion.conv)  # (C_out, M * C): input channels ordered (modality, C)
-        parts = weight.split(weight.shape[0], dim=1)
+        parts = weight.split(weight.shape[0], dim=1)  # Fusion's conv is M*C -> C: C input channels per modality
         self.linears = nn.ModuleList(folded_linear(part, bias if m == 0 else None) for m, part in enumerate(parts))
         self.norm = instance_norm(fusion.conv.out_channels)
 
