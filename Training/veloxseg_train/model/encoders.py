@@ -41,14 +41,19 @@ class TransformerEncoder(nn.Module):
         return [embed(x[:, i:i + 1]) for i, embed in enumerate(self.patch_embeds)]
 
     def forward(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
-        features = self.embed(x)
-        outputs = []
-        for k, block in enumerate(self.stages):
-            features = block(features)
-            outputs.append(features)
-            if k < len(self.merges):
-                features = [merge(f) for merge, f in zip(self.merges[k], features)]
-        return outputs
+        return run_stages(self.embed(x), self.stages, self.merges)
+
+
+def run_stages(features: List[torch.Tensor], stages: nn.ModuleList, merges: nn.ModuleList) -> List[List[torch.Tensor]]:
+    """The transformer branch's stage loop over per-modality features: every stage's output is kept (taken
+    before merging), and each modality is merged by its own module of merges[k]."""
+    outputs = []
+    for k, block in enumerate(stages):
+        features = block(features)
+        outputs.append(features)
+        if k < len(merges):
+            features = [merge(f) for merge, f in zip(merges[k], features)]
+    return outputs
 
 
 class DownConv(nn.Module):

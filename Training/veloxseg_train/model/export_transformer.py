@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import Fusion, TransformerEncoder
+from .encoders import Fusion, TransformerEncoder, run_stages
 from .layers import ChannelLayerNorm, instance_norm
 from .patch_embed import PatchMerging
 from .pwa import PWABlock
@@ -246,14 +246,7 @@ class ChannelsLastTransformer(nn.Module):
                                     for merges in encoder.merges)
 
     def forward(self, x: torch.Tensor) -> List[List[torch.Tensor]]:
-        features = self.embed(x)
-        outputs = []
-        for k, stage in enumerate(self.stages):
-            features = stage(features)
-            outputs.append(features)
-            if k < len(self.merges):
-                features = [merge(f) for merge, f in zip(self.merges[k], features)]
-        return outputs
+        return run_stages(self.embed(x), self.stages, self.merges)
 
 
 class ChannelsLastFusion(nn.Module):
