@@ -101,7 +101,7 @@ def test_export_writes_verified_onnx_and_manifest(tmp_path, capsys):
     got = session.run(["logits"], {"image": x.numpy()})[0]
     assert got.shape == (2, 2, 96, 96, 96)
     assert np.abs(got - expected).max() <= 1e-4
-    # no large tensor is stored twice (the exporter writes a constant once per use unless shared)
+    # no large tensor is stored twice (each export module holds its constants once, as buffers)
     graph = onnx.load(str(onnx_path)).graph
     tensors = [n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute[0].name == "value"]
     big = [numpy_helper.to_array(t).tobytes() for t in [*tensors, *graph.initializer] if t.ByteSize() > 4096]

@@ -7,7 +7,6 @@ Runtime reproduces PyTorch (max |delta| <= 1e-4, identical argmax) on the verifi
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import subprocess
 import warnings
@@ -44,40 +43,6 @@ def verification_input(model: VeloxSeg, batch: int = 1) -> torch.Tensor:
     """The fixed input every export is checked on: seeded standard-normal noise of the patch shape."""
     generator = torch.Generator().manual_seed(20260)
     return torch.randn(batch, model.cfg.modalities, *model.cfg.input_size, generator=generator)
-
-
-def share_duplicate_constants(onnx_path: Path, min_bytes: int = 1024) -> int:
-    """Make identical Constant nodes of at least min_bytes one node (in place); returns the bytes saved.
-
-    The exporter writes a constant buffer (e.g. an in-window upsampling matrix) once per use, here once
-    per modality; sharing them keeps the ONNX file (which ships with the extension) a quarter smaller."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    first_output, rename, saved = {}, {}, 0
-    kept = []
-    for node in model.graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            array = numpy_helper.to_array(node.attribute[0].t)
-            if array.nbytes >= min_bytes:
-                key = (array.dtype.str, array.shape, hashlib.sha256(array.tobytes()).hexdigest())
-                if key in first_output:
-                    rename[node.output[0]] = first_output[key]
-                    saved += array.nbytes
-                    continue
-                first_output[key] = node.output[0]
-        kept.append(node)
-    if not rename:
-        return 0
-    for node in kept:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    onnx.save(model, str(onnx_path))
-    return saved
 
 
 def verify_onnx(onnx_path: Path, model: VeloxSeg, dynamic_batch: bool) -> dict:
@@ -129,7 +94,6 @@ def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance
             torch.onnx.export(graph_model, (verification_input(model),), str(tmp_onnx), input_names=["image"],
                               output_names=["logits"], opset_version=opset, dynamic_axes=dynamic_axes,
                               dynamo=False, do_constant_folding=True)
-        share_duplicate_constants(tmp_onnx)
         verification = verify_onnx(tmp_onnx, model, dynamic_batch)
         manifest = {
             "format": MANIFEST_FORMAT,

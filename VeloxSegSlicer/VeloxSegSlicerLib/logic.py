@@ -123,8 +123,6 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"Unknown device {device!r}: use 'cpu' or 'gpu'.")
         if int(threads) < 0:
             raise InputError(f"threads must be 0 (all cores) or more, got {threads}.")
-        if not 0.0 <= float(overlap) < 1.0:
-            raise InputError(f"overlap must be in [0, 1), got {overlap}.")
         if float(minLesionMl) < 0:
             raise InputError(f"The minimum lesion volume must be 0 mL or more, got {minLesionMl}.")
         options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl))

@@ -22,18 +22,12 @@ from torch import nn
 
 from .decoders import ShuffleHead
 from .encoders import DownConv, DualStreamEncoder
+from .export_shapes import static_sizes
 from .export_transformer import ChannelsLastFusion, ChannelsLastTransformer
 from .jlc import GroupConvBranch
+from .sliced_conv import depth_sliced_weight
 
 NCHWC_BLOCK = 8  # channel block of ONNX Runtime's AVX2 NCHWc kernels; groups narrower than this are merged
-
-
-def static_sizes(x: torch.Tensor) -> tuple:
-    """x's sizes after the batch axis as Python ints, i.e. constants in the trace (the exported graph takes
-    one fixed patch size). Only the batch axis may stay dynamic: it is -1 in intermediate reshapes and the
-    traced x.shape[0] in the last one, the form from which the exporter still infers a static channel
-    axis (ONNX export of InstanceNorm needs one; traced size arithmetic or a final -1 loses it)."""
-    return tuple(int(size) for size in x.shape[1:])
 
 
 def to_depth_slices(x: torch.Tensor, pad: int) -> torch.Tensor:
@@ -99,11 +93,9 @@ class DepthSlicedBranch(nn.Module):
         super().__init__()
         conv = branch.conv
         k, self.groups = conv.kernel_size[0], conv.groups
-        per_group, in_per_group = conv.out_channels // self.groups, conv.in_channels // self.groups
-        # output channels ordered (group, kernel depth, channel), as in depth_sliced_conv3d
-        weight = conv.weight.detach().reshape(self.groups, per_group, in_per_group, k, k, k).permute(0, 3, 1, 2, 4, 5)
-        self.register_buffer("weight", weight.reshape(self.groups * k * per_group, in_per_group, k, k).clone())
-        bias = torch.zeros(self.groups, k, per_group)
+        per_group = conv.out_channels // self.groups
+        self.register_buffer("weight", depth_sliced_weight(conv.weight.detach(), self.groups).clone())
+        bias = torch.zeros(self.groups, k, per_group)  # in the weight's output order (group, kernel depth, channel)
         bias[:, 0] = conv.bias.detach().reshape(self.groups, per_group)
         self.register_buffer("bias", bias.reshape(-1))
         self.norm, self.act = branch.norm, branch.act

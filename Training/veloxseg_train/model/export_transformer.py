@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import Fusion, TransformerEncoder, run_stages
+from .export_shapes import static_sizes
 from .layers import ChannelLayerNorm, instance_norm
 from .patch_embed import PatchMerging
 from .pwa import PWABlock
@@ -30,11 +31,6 @@ from .windows import window_partition, window_reverse
 
 ATTENTION_CHUNK_SCORES = 2**18  # scores (1 MB of float32) per attention chunk: about what stays in L2
 NARROW_GEMM_COLUMNS = 8  # MLAS GEMMs with fewer output columns than this are slow: compute them transposed
-
-
-def _sizes(x: torch.Tensor) -> tuple:
-    """x's sizes after the batch axis as Python ints (constants in the trace; only the batch is dynamic)."""
-    return tuple(int(size) for size in x.shape[1:])
 
 
 def conv_matrix(conv: nn.Conv3d, norm: Optional[ChannelLayerNorm] = None) -> tuple:
@@ -60,8 +56,8 @@ def folded_linear(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Line
 
 def apply_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """The linear map on the last axis of x (B, ..., C_in), as one Gemm over a 2-D (voxels, C_in) view."""
-    sizes = tuple(int(size) for size in x.shape[1:-1])
-    return linear(x.reshape(-1, int(x.shape[-1]))).reshape(-1, *sizes, linear.out_features)
+    *sizes, channels = static_sizes(x)
+    return linear(x.reshape(-1, channels)).reshape(-1, *sizes, linear.out_features)
 
 
 def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -72,7 +68,7 @@ def layer_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 def max_pool_channels_last(x: torch.Tensor, window: Sequence[int], channels: int) -> torch.Tensor:
     """Max pool by `window` (stride = window): (N, D, H, W * e) -> (N, D/sd, H/sh, W/sw * e), e = channels,
     as three maxima over a reshaped axis each (no layout change)."""
-    d, h, we = _sizes(x)
+    d, h, we = static_sizes(x)
     sd, sh, sw = window
     x = x.reshape(-1, sd, h * we).amax(1)  # (N * D/sd, H * W * e)
     x = x.reshape(-1, sh, we).amax(1)  # (N * D/sd * H/sh, W * e)
@@ -99,7 +95,7 @@ class JointPatchEmbed(nn.Module):
         self.register_buffer("bias", torch.cat([c.bias.detach() for c in convs]).clone())
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        modalities, d, h, w = _sizes(x)
+        modalities, d, h, w = static_sizes(x)
         p, c = self.patch, self.channels
         blocks, out_h, out_w = d // p, h // p, w // p
         y = F.conv2d(x.reshape(-1, p, h, w), self.weight, self.bias, stride=p)  # (B*M*D/p, M*C, H/p, W/p)
@@ -169,7 +165,7 @@ class ChannelsLastPWABlock(nn.Module):
     def _pair(self, normed: List[torch.Tensor], i: int) -> List[torch.Tensor]:
         """Pair i's attention output mixed back to C channels, per modality: (B, D, H, W, C) each."""
         pair, heads = self.pairs[i], self.heads
-        grid = _sizes(normed[0])[:3]
+        grid = static_sizes(normed[0])[:3]
         e = 2 * self.qk_dim + self.v_dim
         tokens = math.prod(pair.tokens)
         count = math.prod(g // b for g, b in zip(grid, pair.big))  # windows
@@ -227,7 +223,7 @@ class ChannelsLastMerging(nn.Module):
         self.reduction = folded_linear(*conv_matrix(merge.reduction, merge.norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d, h, w, c = _sizes(x)
+        d, h, w, c = static_sizes(x)
         # space to depth: [D/2 2 H/2 2 W/2 2 C] -> [D/2 H/2 W/2 (2 2 2 C)], offsets in PatchMerging's order
         x = x.reshape(-1, 2, h // 2, 2 * w * c).transpose(1, 2)  # [D/2 H/2 2d (2h W/2 2w C)]
         x = x.reshape(-1, 4, w // 2, 2 * c).transpose(1, 2)  # [D/2 H/2 W/2 (2d 2h) (2w C)]
@@ -261,7 +257,7 @@ class ChannelsLastFusion(nn.Module):
         self.norm = instance_norm(fusion.conv.out_channels)
 
     def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
-        d, h, w, _ = _sizes(features[0])
+        d, h, w, _ = static_sizes(features[0])
         y = None
         for linear, x in zip(self.linears, features):
             term = apply_linear(linear, x)

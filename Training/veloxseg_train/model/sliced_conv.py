@@ -13,16 +13,24 @@ import torch
 import torch.nn.functional as F
 
 
+def depth_sliced_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Conv3d weight (out, in/groups, k, k, k) -> the 2-D weight (groups * k * out/groups, in/groups, k, k) that
+    yields every kernel depth's partial output, output channels ordered (group, kernel depth, channel) so
+    that groups stay contiguous."""
+    out_channels, in_per_group, k = weight.shape[:3]
+    per_group = out_channels // groups
+    weight_2d = weight.reshape(groups, per_group, in_per_group, k, k, k).permute(0, 3, 1, 2, 4, 5)
+    return weight_2d.reshape(groups * k * per_group, in_per_group, k, k)
+
+
 def depth_sliced_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                         groups: int) -> torch.Tensor:
     """Conv3d(x, weight, bias, stride 1, padding k//2, groups) for a cubic odd kernel; (B, C, D, H, W) in/out."""
-    out_channels, in_per_group, k = weight.shape[:3]
+    out_channels, k = weight.shape[0], weight.shape[2]
     pad = k // 2
     b, c, d, h, w = x.shape
     per_group = out_channels // groups
-    # 2-D weight with output channels ordered (group, kernel depth, channel), so groups stay contiguous
-    weight_2d = weight.reshape(groups, per_group, in_per_group, k, k, k).permute(0, 3, 1, 2, 4, 5)
-    weight_2d = weight_2d.reshape(groups * k * per_group, in_per_group, k, k)
+    weight_2d = depth_sliced_weight(weight, groups)
     if pad:
         x = F.pad(x, (0, 0, 0, 0, pad, pad))  # zero depth slices keep every shifted view below in range
     slices = x.reshape(b, c, d + 2 * pad, h * w).transpose(1, 2).reshape(b * (d + 2 * pad), c, h, w)
