@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from VeloxSegSlicerLib.engine.errors import InputError
-from VeloxSegSlicerLib.engine.study_inputs import find_study_inputs, study_candidates
+from VeloxSegSlicerLib.engine.study_inputs import find_study_inputs, matches_by_name, role_of, study_candidates
+
+REPO = Path(__file__).resolve().parents[2]
+IBSI_CASES = next((p for p in (REPO / "shared", REPO.parent / "shared")
+                   if (p / "data" / "ibsi-sts" / "cases").is_dir()), REPO / "shared") / "data" / "ibsi-sts" / "cases"
 
 
 def _study(root: Path, *names: str) -> Path:
@@ -27,15 +31,43 @@ def test_autopet_layout_prefers_plain_ct_and_suv(tmp_path):
     assert _relative(study, find_study_inputs(study)) == ["CT.nii.gz", "SUV.nii.gz"]
 
 
-def test_ibsi_layout_ignores_the_mask(tmp_path):
+def test_ibsi_layout_ignores_the_masks_and_prefers_the_ct_on_the_pet_grid(tmp_path):
     study = _study(tmp_path, "CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz", "PET_GTV_mask.nii.gz", "CTV.nii.gz")
     assert _relative(study, find_study_inputs(study)) == ["CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"]
+    # three IBSI cases also hold a full-resolution CT and its mask: the CT on the PET grid still wins,
+    # as in training's folder reader (issue 13: batch used to call this ambiguous)
     (study / "CT_fullres.nii.gz").touch()
-    with pytest.raises(InputError, match="several CT candidates.*CT_fullres.nii.gz.*CT_on_PET_grid"):
-        find_study_inputs(study)
-    # a pattern settles it
-    ct, pet = find_study_inputs(study, ct_pattern="ct_full*")
+    (study / "CT_fullres_GTV_mask.nii.gz").touch()
+    assert _relative(study, find_study_inputs(study)) == ["CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"]
+    candidates = study_candidates(study)
+    assert [p.as_posix() for p in matches_by_name(candidates, "label")] == ["PET_GTV_mask.nii.gz"]
+    # a pattern settles it the other way
+    ct, pet = find_study_inputs(study, ct_pattern="ct_fullres.*")
     assert _relative(study, (ct, pet)) == ["CT_fullres.nii.gz", "PET_SUV.nii.gz"]
+
+
+def test_two_ct_names_without_a_tie_breaker_are_ambiguous(tmp_path):
+    study = _study(tmp_path, "ct_a.nii.gz", "ct_b.nii.gz", "pet.nii.gz")
+    with pytest.raises(InputError, match="several CT candidates.*ct_a.nii.gz, ct_b.nii.gz"):
+        find_study_inputs(study)
+
+
+@pytest.mark.parametrize("name, role", [
+    ("CT_on_PET_grid.nii.gz", "CT"), ("CTres.nii.gz", "CT"), ("PET_SUV.nii.gz", "PET"), ("PT", "PET"),
+    ("PET_GTV_mask.nii.gz", "label"), ("SEG.nii.gz", "label"), ("lesion_mask.nrrd", "label"),
+    ("CTV.nii.gz", None), ("RTSTRUCT", None), ("notes.nii.gz", None), ("Patient7-PET.nii.gz", "PET"),
+])
+def test_role_of_names(name, role):
+    assert role_of(name) == role
+
+
+@pytest.mark.skipif(not IBSI_CASES.is_dir(), reason="IBSI cases not present")
+def test_every_real_ibsi_case_is_found_without_patterns():
+    cases = sorted(p for p in IBSI_CASES.iterdir() if p.is_dir())
+    assert len(cases) == 29
+    for case in cases:
+        ct, pet = find_study_inputs(case)
+        assert (ct.name, pet.name) == ("CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz"), case.name
 
 
 def test_dicom_series_folders_one_or_two_levels_down(tmp_path):

@@ -25,7 +25,7 @@ IBSI_CASES = next((p for p in (REPO / "shared", REPO.parent / "shared")
 @pytest.mark.parametrize("stem, role", [
     ("CT_on_PET_grid", "ct"), ("PET_SUV", "pet"), ("PET_GTV_mask", "label"), ("CT_fullres_GTV_mask", "label"),
     ("ct", "ct"), ("pet", "pet"), ("suv", "pet"), ("seg", "label"), ("Patient7-PET", "pet"),
-    ("lesion_mask", "label"), ("notes", None), ("CTres", None),
+    ("lesion_mask", "label"), ("notes", None), ("CTres", "ct"),
 ])
 def test_naming_rule(stem, role):
     assert role_of(stem) == role
@@ -34,7 +34,8 @@ def test_naming_rule(stem, role):
 def test_generic_and_ibsi_folders(tmp_path):
     write_case(tmp_path / "a", names=("ct", "pet", "seg"))
     write_case(tmp_path / "b", names=("CT_on_PET_grid", "PET_SUV", "PET_GTV_mask"))
-    # STS_002 also carries a full-resolution CT and its mask: the exact names win.
+    # STS_002 also carries a full-resolution CT and its mask: the CT and the label on the PET grid win
+    # (the engine's rule, shared with `veloxseg batch`).
     write_case(tmp_path / "b", names=("CT_fullres", "PET_SUV", "CT_fullres_GTV_mask"))
     cases = find_folder_cases(tmp_path)
     assert [(c.name, c.source) for c in cases] == [("a", "folder"), ("b", "ibsi")]
@@ -52,7 +53,7 @@ def test_missing_modality_names_the_case(tmp_path):
 def test_ambiguous_files_name_the_case(tmp_path):
     write_case(tmp_path / "c1", names=("ct_a", "pet", "label"))
     write_case(tmp_path / "c1", names=("ct_b", "pet", "label"))
-    with pytest.raises(DataError, match=r"case c1: several CT files \(ct_a.nii.gz, ct_b.nii.gz\)"):
+    with pytest.raises(DataError, match=r"case c1: several CT candidates .*: ct_a.nii.gz, ct_b.nii.gz"):
         find_folder_cases(tmp_path)
 
 

@@ -1,14 +1,15 @@
-"""Find the cases of a data folder: the AutoPET-II nnU-Net raw layout, or one sub-folder per case.
+"""Find the cases of a data folder: the AutoPET-II nnU-Net layout, or one sub-folder per case.
 
 Only file discovery happens here; reading and checking the images is `validate.load_case`.
 
-Naming rule for a case folder (case-insensitive; extensions .nii.gz .nii .nrrd .mha .mhd):
-1. The exact names win: CT `CT_on_PET_grid` or `ct`; PET `PET_SUV`, `pet` or `suv`; label `PET_GTV_mask`,
-   `label`, `mask`, `seg`, `segmentation` or `gtv`.
-2. Otherwise the file name is split into words at `_`, `-`, `.` and spaces. A name with a word from
-   {label, labels, mask, seg, segmentation, gtv} is a label; else its first word that is `ct`, `pet` or
-   `suv` decides (so `CT_on_PET_grid` is a CT and `patient7_pet` a PET).
-3. Several candidates for one role and no exact name among them is an error (it names the files).
+Which file of a case folder is the CT, the PET and the label follows the engine's rule
+(`VeloxSegSlicerLib.engine.study_inputs`), the one `veloxseg batch` and the Slicer module use, so a folder
+that inference accepts is read the same way here: words of the name, case-insensitive; a word starting
+with mask/label/seg/gtv makes a label, else the first word starting with `ct` a CT, with `pet`/`suv` (or
+`pt`) a PET; ties go to the exact word `ct`, then the CT on the PET grid (IBSI `CT_on_PET_grid` over
+`CT_fullres`), to `SUV` over `PET`, and to the label on the PET (`PET_GTV_mask` over
+`CT_fullres_GTV_mask`). Image files only (training does not read DICOM series). A role with no candidate,
+or several left after the tie-breakers, is a DataError naming the case.
 A folder whose three files carry the IBSI names is reported as source "ibsi".
 """
 
@@ -19,18 +20,15 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Optional
 
+from VeloxSegSlicerLib.engine import study_inputs
+
 from .case import CaseFiles, DataError
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IBSI_NAMES = {"ct": "ct_on_pet_grid", "pet": "pet_suv", "label": "pet_gtv_mask"}
-EXACT_NAMES = {
-    "ct": ("ct_on_pet_grid", "ct"),
-    "pet": ("pet_suv", "pet", "suv"),
-    "label": ("pet_gtv_mask", "label", "mask", "seg", "segmentation", "gtv"),
-}
-LABEL_WORDS = {"label", "labels", "mask", "seg", "segmentation", "gtv"}
 SYNTHETIC_MANIFEST = "manifest.json"
 SYNTHETIC_FORMAT = "veloxseg-synthetic/1"
+_ENGINE_ROLES = {"ct": "CT", "pet": "PET", "label": "label"}
 
 
 def image_stem(path: Path) -> Optional[str]:
@@ -43,45 +41,25 @@ def image_stem(path: Path) -> Optional[str]:
 
 
 def role_of(stem: str) -> Optional[str]:
-    """'ct', 'pet', 'label' or None for a file-name stem, by rule 2 of the module docstring."""
-    words = [w for w in re.split(r"[_\-. ]+", stem.lower()) if w]
-    if LABEL_WORDS.intersection(words):
-        return "label"
-    for word in words:
-        if word == "ct":
-            return "ct"
-        if word in ("pet", "suv"):
-            return "pet"
-    return None
-
-
-def _pick(case: str, role: str, candidates: List[Path]) -> Optional[Path]:
-    if not candidates:
-        return None
-    for exact in EXACT_NAMES[role]:
-        hits = [p for p in candidates if image_stem(p).lower() == exact]
-        if hits:
-            return hits[0]
-    if len(candidates) > 1:
-        names = ", ".join(sorted(p.name for p in candidates))
-        raise DataError(case, f"several {role.upper()} files ({names}); keep one or give it an exact name "
-                              f"({' / '.join(EXACT_NAMES[role])})")
-    return candidates[0]
+    """'ct', 'pet', 'label' or None for a file-name stem, by the engine's rule."""
+    role = study_inputs.role_of(stem)
+    return role.lower() if role else None
 
 
 def case_from_folder(folder: Path, source: Optional[str] = None) -> CaseFiles:
-    """The CT, PET and label files of one case folder; a missing one is a DataError naming the case."""
+    """The CT, PET and label files of one case folder; a missing or ambiguous one is a DataError naming
+    the case."""
     folder = Path(folder)
     case = folder.name
-    found = {"ct": [], "pet": [], "label": []}
-    for path in sorted(folder.iterdir()):
-        stem = image_stem(path)
-        if stem is None or not path.is_file():
-            continue
-        role = role_of(stem)
-        if role is not None:
-            found[role].append(path)
-    picked = {role: _pick(case, role, paths) for role, paths in found.items()}
+    if not folder.is_dir():
+        raise DataError(case, f"{folder} is not a folder")
+    candidates = [c for c in study_inputs.study_candidates(folder, dicom_series=False) if image_stem(c)]
+    picked = {}
+    for role, engine_role in _ENGINE_ROLES.items():
+        matches = study_inputs.matches_by_name(candidates, engine_role)
+        if len(matches) > 1:
+            raise DataError(case, study_inputs.ambiguity_message(engine_role, folder, matches))
+        picked[role] = folder / matches[0] if matches else None
     missing = [role.upper() for role in ("ct", "pet", "label") if picked[role] is None]
     if missing:
         raise DataError(case, f"missing {' and '.join(missing)} in {folder} (naming rule: docs/data.md)")

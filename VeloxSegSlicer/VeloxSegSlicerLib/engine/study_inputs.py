@@ -1,17 +1,23 @@
-"""Which file of a study folder is the CT and which the PET: the one rule of `veloxseg batch` and the
-Slicer module's folder batch.
+"""Which file of a study folder is the CT, the PET and (for training) the lesion label: the one rule of
+`veloxseg batch`, the Slicer module's folder batch and `veloxseg-train prepare` / `evaluate`.
 
 Candidates are image files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) and DICOM series folders, in the
 study folder or up to two folder levels below it (e.g. ``CT/image/*.dcm``). Names are compared
 case-insensitively, split into words at any non-alphanumeric character, over the path relative to the
 study folder:
-- a candidate with a word meaning mask, label, segmentation, target volume (GTV, CTV, PTV), ROI or RT
-  structure is ignored;
-- its role is given by its first word that starts with "ct" (CT), or with "pet" or "suv", or is "pt"
-  (PET): ``CT_on_PET_grid.nii.gz`` is a CT, ``PET/`` a PET;
-- several CTs: those with the exact word "ct" win (``CT.nii.gz`` over ``CTres.nii.gz``); several PETs:
-  those with a word starting with "suv" win (AutoPET keeps ``PET.nii.gz`` in Bq/mL next to
-  ``SUV.nii.gz``), then a candidate named exactly "pet" or "suv". Still several: the study is ambiguous.
+- a candidate with a word starting with mask, label, seg or gtv is a lesion label (read by training
+  only); one with a word starting with ctv, ptv, roi, rtstruct or rtss (other contours) is ignored;
+- otherwise its role is given by its first word that starts with "ct" (CT), or with "pet" or "suv", or
+  is "pt" (PET): ``CT_on_PET_grid.nii.gz`` and ``CTres.nii.gz`` are CTs, ``PET/`` a PET;
+- several CTs: those with the exact word "ct" win (``CT.nii.gz`` over ``CTres.nii.gz``), then one named
+  exactly "ct", then one whose name also names the PET (the CT resampled onto the PET grid: the IBSI
+  ``CT_on_PET_grid.nii.gz`` over ``CT_fullres.nii.gz``, since every IBSI case has the former);
+- several PETs: those with a word starting with "suv" win (AutoPET keeps ``PET.nii.gz`` in Bq/mL next
+  to ``SUV.nii.gz``), then one named exactly "pet" or "suv";
+- several labels: those on the PET (a word starting with "pet" or "suv", or "pt") win (IBSI
+  ``PET_GTV_mask`` over ``CT_fullres_GTV_mask``), then one named exactly label, mask, seg, segmentation
+  or gtv;
+- still several for one role: the study is ambiguous (the error names the candidates).
 Glob patterns (matched against the relative path or the file name) replace the name rule for one role.
 """
 
@@ -27,12 +33,15 @@ from .errors import InputError
 from .imageio import is_dicom_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-IGNORED_WORDS = ("mask", "label", "seg", "gtv", "ctv", "ptv", "roi", "rtstruct", "rtss")  # word prefixes
+LABEL_WORDS = ("mask", "label", "seg", "gtv")  # word prefixes of a lesion label
+IGNORED_WORDS = ("ctv", "ptv", "roi", "rtstruct", "rtss")  # word prefixes of other contours
+EXACT_LABEL_NAMES = ("label", "mask", "seg", "segmentation", "gtv")
+ROLES = ("CT", "PET", "label")
 MAX_DEPTH = 3  # the study folder and two levels below it
 
 
-def _words(relative: Path) -> List[str]:
-    name = relative.as_posix().lower()
+def _words(relative) -> List[str]:
+    name = Path(relative).as_posix().lower()
     for suffix in IMAGE_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
@@ -40,17 +49,28 @@ def _words(relative: Path) -> List[str]:
     return [word for word in re.split(r"[^a-z0-9]+", name) if word]
 
 
-def _role(words: List[str]) -> str:
+def _names_pet(word: str) -> bool:
+    return word.startswith(("pet", "suv")) or word == "pt"
+
+
+def role_of(relative) -> Optional[str]:
+    """'CT', 'PET', 'label' or None for a candidate's path relative to its study (or a bare file name)."""
+    words = _words(relative)
+    if any(w.startswith(LABEL_WORDS) for w in words):
+        return "label"
+    if any(w.startswith(IGNORED_WORDS) for w in words):
+        return None
     for word in words:
         if word.startswith("ct"):
             return "CT"
-        if word.startswith(("pet", "suv")) or word == "pt":
+        if _names_pet(word):
             return "PET"
-    return ""
+    return None
 
 
-def study_candidates(folder: Path) -> List[Path]:
-    """Image files and DICOM series folders under `folder`, as paths relative to it, in name order."""
+def study_candidates(folder, dicom_series: bool = True) -> List[Path]:
+    """Image files and (unless dicom_series is False) DICOM series folders under `folder`, as paths
+    relative to it, in name order."""
     folder = Path(folder)
     found = []
     for root, dirs, files in os.walk(folder):
@@ -59,45 +79,66 @@ def study_candidates(folder: Path) -> List[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth + 1 < MAX_DEPTH else []
         files = sorted(f for f in files if not f.startswith("."))
         if depth > 0 and any(is_dicom_file(here / f) for f in files[:5]):
-            found.append(here.relative_to(folder))  # a series folder: its files are slices, not candidates
+            if dicom_series:
+                found.append(here.relative_to(folder))  # a series folder: its files are slices, not candidates
             dirs[:] = []
             continue
         found.extend((here / f).relative_to(folder) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
     return found
 
 
-def _by_name(candidates: List[Path], role: str) -> List[Path]:
-    matches = []
-    for candidate in candidates:
-        words = _words(candidate)
-        if not any(w.startswith(IGNORED_WORDS) for w in words) and _role(words) == role:
-            matches.append(candidate)
-    preferences = ([lambda w: "ct" in w] if role == "CT" else
-                   [lambda w: any(x.startswith("suv") for x in w), lambda w: "".join(w) in ("pet", "suv")])
-    for prefer in preferences:
+# Tie-breakers per role, applied in order while more than one candidate is left (each keeps the
+# candidates it prefers, when there are any).
+_PREFERENCES = {
+    "CT": (
+        lambda words: "ct" in words,
+        lambda words: words == ["ct"],
+        lambda words: any(_names_pet(w) for w in words),
+    ),
+    "PET": (
+        lambda words: any(w.startswith("suv") for w in words),
+        lambda words: "".join(words) in ("pet", "suv"),
+    ),
+    "label": (
+        lambda words: any(_names_pet(w) for w in words),
+        lambda words: "".join(words) in EXACT_LABEL_NAMES,
+    ),
+}
+
+
+def matches_by_name(candidates: List[Path], role: str) -> List[Path]:
+    """The candidates the name rule gives `role` ("CT", "PET" or "label"), after its tie-breakers."""
+    matches = [c for c in candidates if role_of(c) == role]
+    for prefer in _PREFERENCES[role]:
         preferred = [c for c in matches if prefer(_words(c))]
         if len(matches) > 1 and preferred:
             matches = preferred
     return matches
 
 
-def _by_pattern(candidates: List[Path], pattern: str) -> List[Path]:
+def matches_by_pattern(candidates: List[Path], pattern: str) -> List[Path]:
     pattern = pattern.lower()
     return [c for c in candidates
             if fnmatch.fnmatchcase(c.as_posix().lower(), pattern) or fnmatch.fnmatchcase(c.name.lower(), pattern)]
 
 
-def _pick(candidates: List[Path], role: str, pattern: Optional[str], folder: Path) -> Path:
-    matches = _by_pattern(candidates, pattern) if pattern else _by_name(candidates, role)
-    if len(matches) == 1:
-        return folder / matches[0]
+def ambiguity_message(role: str, folder, matches: List[Path], pattern: Optional[str] = None) -> str:
     how = f"matching '{pattern}'" if pattern else "by its name"
+    listed = ", ".join(m.as_posix() for m in matches)
+    return (f"several {role} candidates in '{folder}' ({how}): {listed}; keep one, rename the others, "
+            f"or give a {role} file pattern.")
+
+
+def pick(candidates: List[Path], role: str, pattern: Optional[str], folder) -> Path:
+    """The one candidate of `role` (absolute); InputError when there is none or more than one."""
+    matches = matches_by_pattern(candidates, pattern) if pattern else matches_by_name(candidates, role)
+    if len(matches) == 1:
+        return Path(folder) / matches[0]
     if not matches:
+        how = f"matching '{pattern}'" if pattern else "by its name"
         raise InputError(f"no {role} found in '{folder}' ({how}); name it after the modality (e.g. {role}.nii.gz "
                          f"or a {role} DICOM folder) or give a {role} file pattern.")
-    listed = ", ".join(m.as_posix() for m in matches)
-    raise InputError(f"several {role} candidates in '{folder}' ({how}): {listed}; keep one, rename the others, "
-                     f"or give a {role} file pattern.")
+    raise InputError(ambiguity_message(role, folder, matches, pattern))
 
 
 def find_study_inputs(folder, ct_pattern: Optional[str] = None, pet_pattern: Optional[str] = None) -> Tuple[Path, Path]:
@@ -107,4 +148,4 @@ def find_study_inputs(folder, ct_pattern: Optional[str] = None, pet_pattern: Opt
     if not folder.is_dir():
         raise InputError(f"Study folder '{folder}' does not exist.")
     candidates = study_candidates(folder)
-    return _pick(candidates, "CT", ct_pattern, folder), _pick(candidates, "PET", pet_pattern, folder)
+    return pick(candidates, "CT", ct_pattern, folder), pick(candidates, "PET", pet_pattern, folder)
