@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import hot_voxel_pet, make_image, phantom
 
-from VeloxSegSlicerLib.engine import batch as batch_module
+from VeloxSegSlicerLib.engine import batch_study
 from VeloxSegSlicerLib.engine import cli
 from VeloxSegSlicerLib.engine.errors import InputError
 
@@ -165,7 +165,8 @@ def test_batch_continues_after_a_failure_and_skips_finished_studies(tmp_path, ca
     sitk.WriteImage(phantom([], kind="CT", **GRID), str(broken / "ct.nii.gz"))  # no PET
     output = tmp_path / "out"
 
-    code, stdout, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path)
+    code, stdout, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path,
+                          "--workers", "1")
     assert code == 2  # the worst failure was a bad input
     rows = {r["study"]: r for r in csv.DictReader((output / "summary.csv").open())}
     assert [rows[s]["status"] for s in "ABC"] == ["done", "done", "failed"]
@@ -173,14 +174,15 @@ def test_batch_continues_after_a_failure_and_skips_finished_studies(tmp_path, ca
     assert rows["A"]["ct"] == "CT.nii.gz" and rows["A"]["pet"] == "SUV.nii.gz"
     assert int(rows["B"]["lesion_count"]) == 1
     for study in "AB":
-        assert files_in(output / study) == {"lesions.nii.gz", "lesions.csv"}
+        assert files_in(output / study) == {"lesions.nii.gz", "lesions.csv", "veloxseg_run.json"}
     assert not (output / "C").exists()
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished study was segmented again")
 
-    monkeypatch.setattr(batch_module, "segment_study", must_not_run)
-    code, _, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path)
+    monkeypatch.setattr(batch_study, "segment_study", must_not_run)
+    code, _, _ = run(capsys, "batch", "--input", source, "--output", output, "--model", manifest_path,
+                     "--workers", "1")
     rerun = {r["study"]: r for r in csv.DictReader((output / "summary.csv").open())}
     assert [rerun[s]["status"] for s in "ABC"] == ["skipped", "skipped", "failed"]
     assert rerun["B"]["lesion_count"] == rows["B"]["lesion_count"]

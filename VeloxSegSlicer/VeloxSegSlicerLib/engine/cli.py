@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output", required=True, metavar="DIR", help="results folder (created if missing)")
     batch.add_argument("--ct-pattern", metavar="GLOB", help="glob for the CT of each study (instead of the names)")
     batch.add_argument("--pet-pattern", metavar="GLOB", help="glob for the PET of each study (instead of the names)")
+    batch.add_argument(
+        "--workers", type=_threads, default=None, metavar="N",
+        help="local worker processes, one study each at a time (default 0 = one per core, as memory allows; "
+        "1 = one study after another in this process)",
+    )
+    batch.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT",
+        help="run each study as a task on this running Dask cluster (pip install 'veloxseg[cluster]'); "
+        "inputs and outputs must be on a filesystem the workers share",
+    )
     _add_run_options(batch)
 
     info = sub.add_parser("info", help="print the model manifest and check the model file")
@@ -155,17 +165,23 @@ def command_segment(args, cancelled=None) -> int:
 
 
 def command_batch(args, cancelled=None) -> int:
-    model = _load_model(args)
-    return batch_module.run_batch(
+    if args.scheduler and args.workers is not None:
+        raise InputError("--workers is for local runs; with --scheduler the Dask cluster's workers run the "
+                         "studies (start them with `dask worker --nthreads 1`).")
+    report = batch_module.run_batch(
         args.input,
         args.output,
-        model,
+        args.model,
         _options(args),
-        progress_factory=lambda prefix: ProgressBar(prefix=prefix),
-        cancelled=cancelled,
+        workers=0 if args.workers is None else args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        threads=args.threads,
         ct_pattern=args.ct_pattern,
         pet_pattern=args.pet_pattern,
+        cancelled=cancelled,
     )
+    return report.exit_code  # the tally is on stderr; 130 when cancelled (finished studies are kept)
 
 
 def command_info(args) -> int:

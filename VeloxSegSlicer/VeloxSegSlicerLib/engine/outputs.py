@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -55,9 +56,14 @@ def check_label_path(path) -> Path:
     return check_writable(path, "Output", LABEL_SUFFIXES)
 
 
+PARTIAL_MARK = ".partial-"  # in every temporary name: hidden, and never the name of a finished output
+
+
 def _temporary_name(path: Path) -> Path:
     suffix = label_suffix(path) or path.suffix
-    return path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.partial-{os.getpid()}{suffix}")
+    # pid plus a random token: two machines of a cluster may write into one shared folder with equal pids
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name[: len(path.name) - len(suffix)]}{PARTIAL_MARK}{token}{suffix}")
 
 
 class AtomicOutputs:

@@ -1,0 +1,266 @@
+"""`veloxseg batch` on a small cohort with the bundled model and real parts only: in this process, in two
+local worker processes and on a real Dask LocalCluster over loopback (two worker processes, one of them
+killed while it segments a study). Results must equal the sequential run's, a rerun skips what is finished
+for the same inputs and model, a broken study fails among good ones (stderr, summary.csv, exit code), and
+a cancelled batch leaves no partial file."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+from engine_helpers import phantom
+
+from VeloxSegSlicerLib.engine import batch_study, cli
+from VeloxSegSlicerLib.engine.batch import run_batch
+
+SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
+REPO = Path(__file__).resolve().parents[2]
+SLOW_GRID = {"size": (130, 130, 200), "spacing": (2.036, 2.036, 3.0), "origin": (-132.0, -132.0, -300.0)}
+GOOD = ("a_slow", "b_autopet", "c_ibsi", "e_plain")
+STUDIES = ("a_slow", "b_autopet", "c_ibsi", "d_broken", "e_plain")
+
+
+def _write_cohort(root: Path) -> Path:
+    """Five studies in the layouts batch must understand, one of them broken, one slow (12 patches)."""
+    ct, pet = SMALL_STUDY / "ct.nii.gz", SMALL_STUDY / "pet.nii.gz"
+    slow = root / "a_slow"
+    slow.mkdir(parents=True)
+    lesion = ((20.0, -10.0, 0.0), 15.0, 8.0)
+    sitk.WriteImage(phantom([], kind="CT", body_radius_mm=120.0, **SLOW_GRID), str(slow / "CT.nii.gz"))
+    sitk.WriteImage(phantom([lesion], kind="PET", body_radius_mm=120.0, **SLOW_GRID), str(slow / "PET.nii.gz"))
+    autopet = root / "b_autopet"  # AutoPET: CT + CTres, SUV + PET in Bq/mL (here a CT: fails if picked)
+    autopet.mkdir()
+    for name, source in (("CT.nii.gz", ct), ("CTres.nii.gz", ct), ("SUV.nii.gz", pet), ("PET.nii.gz", ct)):
+        shutil.copy(source, autopet / name)
+    ibsi = root / "c_ibsi"  # IBSI: the CT on the PET grid beside a full-resolution CT and two masks
+    ibsi.mkdir()
+    for name, source in (("CT_on_PET_grid.nii.gz", ct), ("CT_fullres.nii.gz", ct), ("PET_SUV.nii.gz", pet)):
+        shutil.copy(source, ibsi / name)
+    mask = sitk.Cast(sitk.ReadImage(str(pet)) > 5, sitk.sitkUInt8)
+    sitk.WriteImage(mask, str(ibsi / "PET_GTV_mask.nii.gz"))
+    sitk.WriteImage(mask, str(ibsi / "CT_fullres_GTV_mask.nii.gz"))
+    broken = root / "d_broken"
+    broken.mkdir()
+    shutil.copy(ct, broken / "ct.nii.gz")
+    (broken / "pet.nii.gz").write_bytes(b"not an image")
+    plain = root / "e_plain"  # another result: the PET scaled, as NRRD
+    plain.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(ct)), str(plain / "ct.nrrd"))
+    sitk.WriteImage(sitk.ReadImage(str(pet)) * 0.6, str(plain / "pet.nrrd"))
+    return root
+
+
+def _summary(output: Path) -> dict:
+    with open(output / "summary.csv", newline="", encoding="utf-8") as stream:
+        return {row["study"]: row for row in csv.DictReader(stream)}
+
+
+def _label(output: Path, study: str) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(output / study / "lesions.nii.gz")))
+
+
+def _assert_same_results(output: Path, reference: Path) -> None:
+    for study in GOOD:
+        np.testing.assert_array_equal(_label(output, study), _label(reference, study), err_msg=study)
+        assert (output / study / "lesions.csv").read_text() == (reference / study / "lesions.csv").read_text()
+    assert not (output / "d_broken").exists()
+
+
+def _partial_files(output: Path) -> list:
+    return [p for p in output.rglob("*") if ".partial-" in p.name]
+
+
+def _run_cli(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return _write_cohort(tmp_path_factory.mktemp("cohort") / "in")
+
+
+@pytest.fixture(scope="module")
+def sequential(cohort, tmp_path_factory) -> Path:
+    """The reference: today's behaviour, one study after another in this process."""
+    output = tmp_path_factory.mktemp("sequential") / "out"
+    report = run_batch(cohort, output, workers=1, show_progress=False)
+    assert [r["status"] for r in report.rows] == ["done", "done", "done", "failed", "done"]
+    return output
+
+
+def test_sequential_run_finds_each_layout_and_reports_the_failure(cohort, sequential, tmp_path, capsys):
+    rows = _summary(sequential)
+    assert (rows["b_autopet"]["ct"], rows["b_autopet"]["pet"]) == ("CT.nii.gz", "SUV.nii.gz")
+    assert (rows["c_ibsi"]["ct"], rows["c_ibsi"]["pet"]) == ("CT_on_PET_grid.nii.gz", "PET_SUV.nii.gz")
+    assert "cannot be read" in rows["d_broken"]["message"]
+    for study in GOOD:
+        assert float(rows[study]["seconds"]) >= 0 and rows[study]["worker"]
+        assert int(rows[study]["lesion_count"]) >= 1
+        record = batch_study.read_record(sequential / study)
+        assert record["model"]["onnx_sha256"] and record["inputs"]["PET"]["sha256"]
+        assert set(record["outputs"]) == {"lesions.nii.gz", "lesions.csv"}
+
+    # the CLI: results on stdout with correct plurals, the failure and the tally on stderr (issue 13)
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", tmp_path / "o", "--workers", "1")
+    assert code == 2
+    assert "b_autopet: 1 lesion, MTV" in out and "1 lesions" not in out and "FAILED" not in out
+    assert "d_broken: FAILED: PET file" in err
+    assert "5 studies in" in err and "4 done, 1 failed, 0 skipped; summary:" in err
+    _assert_same_results(tmp_path / "o", sequential)
+
+
+def test_two_local_workers_match_the_sequential_run_and_a_rerun_skips(cohort, sequential, tmp_path, capsys):
+    output = tmp_path / "out"
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", output, "--workers", "2")
+    assert code == 2 and "d_broken: FAILED" in err and "4 done, 1 failed, 0 skipped" in err
+    rows = _summary(output)
+    assert [rows[s]["status"] for s in STUDIES] == ["done", "done", "done", "failed", "done"]
+    assert len({rows[s]["worker"] for s in GOOD}) == 2  # both workers took studies
+    _assert_same_results(output, sequential)
+
+    # rerun: the finished studies are skipped (same inputs, same model, same options), the broken one fails again
+    before = {s: (output / s / "lesions.nii.gz").stat().st_mtime_ns for s in GOOD}
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", output, "--workers", "2")
+    assert code == 2 and "0 done, 1 failed, 4 skipped" in err
+    assert {s: (output / s / "lesions.nii.gz").stat().st_mtime_ns for s in GOOD} == before
+
+    # a copied cohort (new modification times, same bytes) is still recognised, through the SHA-256
+    copied = tmp_path / "copied"
+    shutil.copytree(cohort, copied)
+    for path in copied.rglob("*.n*"):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    code, out, err = _run_cli(capsys, "batch", "--input", copied, "--output", output, "--workers", "1")
+    assert "0 done, 1 failed, 4 skipped" in err
+
+    # a changed input, or other options, run again
+    sitk.WriteImage(sitk.ReadImage(str(copied / "e_plain" / "pet.nrrd")), str(copied / "b_autopet" / "SUV.nii.gz"))
+    code, out, err = _run_cli(capsys, "batch", "--input", copied, "--output", output, "--workers", "1")
+    assert "1 done, 1 failed, 3 skipped" in err and "b_autopet: 1 lesion" in out
+    code, out, err = _run_cli(capsys, "batch", "--input", copied, "--output", output, "--workers", "1",
+                              "--min-lesion-ml", "0.001")
+    assert "4 done, 1 failed, 0 skipped" in err
+
+
+def test_a_different_model_or_a_missing_output_reruns(cohort, sequential):
+    task = batch_study.StudyTask("e_plain", str(cohort / "e_plain"), str(cohort / "e_plain" / "ct.nrrd"),
+                                 str(cohort / "e_plain" / "pet.nrrd"), str(sequential / "e_plain"),
+                                 batch_study.read_record(sequential / "e_plain")["options"])
+    record = batch_study.read_record(sequential / "e_plain")
+    same = batch_study.ModelSpec("m.json", record["model"]["onnx_sha256"], "VeloxSeg", "x")
+    other = batch_study.ModelSpec("m.json", "0" * 64, "VeloxSeg", "x")
+    assert batch_study.finished_record(task, same) is not None
+    assert batch_study.finished_record(task, other) is None
+    (sequential / "e_plain" / "lesions.csv").rename(sequential / "e_plain" / "moved.csv")
+    try:
+        assert batch_study.finished_record(task, same) is None  # an output is missing
+    finally:
+        (sequential / "e_plain" / "moved.csv").rename(sequential / "e_plain" / "lesions.csv")
+
+
+def test_cancel_keeps_finished_studies_and_writes_no_partial_file(cohort, tmp_path):
+    output = tmp_path / "out"
+    finished = []
+
+    def cancelled():
+        finished[:] = [p for p in output.glob("*/veloxseg_run.json")]
+        return bool(finished)
+
+    report = run_batch(cohort, output, workers=2, cancelled=cancelled, show_progress=False)
+    assert report.cancelled and report.exit_code == 130
+    statuses = {r["study"]: r["status"] for r in report.rows}
+    assert set(statuses) == set(STUDIES) and "cancelled" in statuses.values()
+    assert _summary(output).keys() == set(STUDIES)
+    for study, status in statuses.items():
+        files = {p.name for p in (output / study).iterdir()} if (output / study).exists() else set()
+        assert files in (set(), {"lesions.nii.gz", "lesions.csv", "veloxseg_run.json"}), (study, files)
+        assert (status == "done") == bool(files)
+    assert not _partial_files(output)
+
+
+def test_ctrl_c_on_the_command_line(cohort, tmp_path):
+    """A real SIGINT to the process group, as a terminal sends it: exit 130, a tally, nothing partial."""
+    output = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "VeloxSegSlicer"))
+    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "batch", "--input", str(cohort), "--output",
+               str(output), "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(output.glob("*/veloxseg_run.json")):
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Cancelled. 5 studies in" in err and "summary:" in err
+    assert not _partial_files(output)
+    assert _summary(output).keys() == set(STUDIES)
+
+
+# --- Dask ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as local:
+        with distributed.Client(local) as client:
+            yield local, client
+
+
+def test_dask_cluster_matches_the_sequential_run(cohort, sequential, cluster, tmp_path, capsys):
+    local, _ = cluster
+    output = tmp_path / "out"
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", output, "--scheduler",
+                              local.scheduler_address)
+    assert code == 2 and "d_broken: FAILED: PET file" in err and "4 done, 1 failed, 0 skipped" in err
+    _assert_same_results(output, sequential)
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", output, "--scheduler",
+                              local.scheduler_address)
+    assert "0 done, 1 failed, 4 skipped" in err
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", output, "--scheduler",
+                              local.scheduler_address, "--workers", "2")
+    assert code == 2 and "--workers is for local runs" in err
+
+
+def test_dask_worker_killed_mid_study_the_study_runs_elsewhere(cohort, sequential, cluster, tmp_path):
+    local, client = cluster
+    output = tmp_path / "out"
+    killed = {}
+
+    def kill_the_worker_of_the_slow_study():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for address, keys in client.processing().items():
+                if any(str(key).endswith("-a_slow") for key in keys):
+                    time.sleep(0.5)  # well inside the study (~1.5 s): reading done, inference running
+                    pid = client.run(os.getpid, workers=[address])[address]
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_worker_of_the_slow_study)
+    killer.start()
+    report = run_batch(cohort, output, scheduler=local.scheduler_address, show_progress=False)
+    killer.join()
+    assert killed, "the slow study was never seen running"
+    assert [r["status"] for r in report.rows] == ["done", "done", "done", "failed", "done"]
+    record = batch_study.read_record(output / "a_slow")
+    assert not record["worker"].endswith(f":{killed['pid']}")  # finished by another process
+    _assert_same_results(output, sequential)
+    assert not _partial_files(output)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker

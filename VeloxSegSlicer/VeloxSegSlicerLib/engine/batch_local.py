@@ -1,0 +1,154 @@
+"""`veloxseg batch --workers N`: N local worker processes (standard library, concurrent.futures).
+
+Each worker is a fresh 'spawn' process (no fork: onnxruntime's and SimpleITK's thread pools do not survive
+a fork, and Slicer is not fork-safe), loads the model on its first study and keeps it, and runs one study
+at a time, so its memory stays within the single-study bound. At most N studies are handed out at once,
+so the coordinator always knows which studies are running.
+
+Stages come back through a multiprocessing queue. Cancelling (Ctrl-C, SIGTERM, the cancelled callback)
+sets a shared event that the running studies poll between patches: they stop and write nothing. Workers
+ignore SIGINT themselves, since a terminal's Ctrl-C reaches the whole process group and the coordinator
+decides. A worker that dies (killed, out of memory) breaks the pool: a new pool is started and the
+studies that were running are tried again, up to MAX_ATTEMPTS times each.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_module
+import signal
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+from .batch_study import run_task, worker_name
+from .errors import Cancelled
+
+MAX_ATTEMPTS = 3
+STAGE_EVERY_S = 0.5  # a worker reports its stage when it changes, else at most this often
+CANCEL_GRACE_S = 60.0  # how long running studies get to notice a cancel before their workers are killed
+
+_WORKER = {}  # this worker process's queue and cancel event (set by _init_worker)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _init_worker(events, cancel) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # terminate(): discard this study's temporary files
+    _WORKER.update(events=events, cancel=cancel)
+
+
+def _local_task(task, spec) -> dict:
+    """Runs in a worker process."""
+    events, cancel = _WORKER["events"], _WORKER["cancel"]
+    me = worker_name()
+    last = {"stage": None, "time": 0.0}
+
+    def progress(fraction, stage):
+        now = time.perf_counter()
+        if stage != last["stage"] or now - last["time"] >= STAGE_EVERY_S:
+            last.update(stage=stage, time=now)
+            events.put((me, task.name, fraction, stage))
+
+    try:
+        return run_task(task, spec, progress, cancel.is_set)
+    except (Cancelled, KeyboardInterrupt):
+        return {"study": task.name, "status": "cancelled", "worker": me}
+
+
+def _worker_python():
+    """Inside 3D Slicer sys.executable is the application, not a Python interpreter: spawn its
+    PythonSlicer launcher instead (same interpreter, same packages). None: the default."""
+    slicer = sys.modules.get("slicer")
+    app = getattr(slicer, "app", None)
+    try:
+        folder = Path(app.applicationDirPath())
+    except Exception:  # not Slicer, or slicer-core without an application
+        return None
+    launcher = folder / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    return str(launcher) if launcher.is_file() else None
+
+
+def _drain(events, batch) -> None:
+    while True:
+        try:
+            worker, study, fraction, stage = events.get_nowait()
+        except queue_module.Empty:
+            return
+        batch.stage(worker, study, fraction, stage)
+
+
+def run_local(tasks, spec, workers: int, batch) -> None:
+    """Run `tasks` on `workers` local processes, reporting to `batch` (batch._Batch)."""
+    context = multiprocessing.get_context("spawn")
+    python = _worker_python()
+    if python:
+        context.set_executable(python)
+    events, cancel = context.Queue(), context.Event()
+    pending = deque(tasks)
+    attempts = {}
+    running = {}  # future -> task
+    executor = None
+    try:
+        while pending or running:
+            if executor is None:
+                executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                               initargs=(events, cancel))
+            if batch.stop_requested():
+                raise Cancelled("Batch cancelled.")
+            while pending and len(running) < workers:
+                task = pending.popleft()
+                running[executor.submit(_local_task, task, spec)] = task
+            done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            _drain(events, batch)
+            broken = False
+            for future in done:
+                task = running.pop(future)
+                try:
+                    row = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    attempts[task.name] = attempts.get(task.name, 0) + 1
+                    if attempts[task.name] < MAX_ATTEMPTS:
+                        pending.appendleft(task)
+                        continue
+                    row = {"study": task.name, "status": "failed", "code": 4, "message": (
+                        f"a worker process died while segmenting it, {MAX_ATTEMPTS} times (killed, or out of "
+                        "memory: use fewer --workers)")}
+                if row["status"] == "cancelled":
+                    continue  # counted by the coordinator as not finished
+                batch.result(row)
+            if broken:  # the pool is unusable once a worker died; start a new one for what is left
+                executor.shutdown(wait=True)
+                executor = None
+    except (KeyboardInterrupt, Cancelled):
+        cancel.set()  # running studies stop at their next patch and write nothing
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while running and time.monotonic() < deadline:
+            try:
+                done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:  # a second Ctrl-C: do not wait any longer
+                break
+            for future in done:
+                task = running.pop(future)
+                try:
+                    row = future.result()
+                except BrokenProcessPool:
+                    continue
+                if row["status"] != "cancelled":  # it finished before it saw the cancel
+                    batch.result(row)
+        if executor is not None and running:
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.terminate()  # SIGTERM: the worker discards its temporary files
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        _drain(events, batch)
