@@ -66,8 +66,9 @@ def phantom(
 ) -> sitk.Image:
     """A body cylinder along z with spheres ((centre LPS), radius mm, value) on a given grid.
 
-    PET: air 0, body ~1.2 SUV with a little noise, spheres at their SUV. CT: air -1000, body 40 HU,
-    spheres at 60 HU (int16).
+    PET: air 0, body ~1.2 SUV with a little noise, spheres at their SUV. CT: air -1000, body 40 HU, a bone
+    rod ("spine", 700 HU) along z behind the body centre, spheres at 60 HU (int16): a CT must hold air and
+    bone to pass the engine's CT check.
     """
     blank = make_image(np.zeros(tuple(reversed(size)), dtype=np.float32), spacing, origin, direction)
     points = physical_points(blank)
@@ -77,6 +78,10 @@ def phantom(
         values = np.where(body, 1.2 + 0.05 * rng.standard_normal(body.shape), 0.0).astype(np.float32)
     else:
         values = np.where(body, 40.0, -1000.0).astype(np.float32)
+        spine_radius = min(8.0, 0.25 * body_radius_mm)
+        spine = np.hypot(points[..., 0] - body_centre[0],
+                         points[..., 1] - body_centre[1] - 0.6 * body_radius_mm) <= spine_radius
+        values[spine] = 700.0
     for centre, radius, value in spheres:
         inside = np.linalg.norm(points - np.asarray(centre), axis=-1) <= radius
         values[inside] = value

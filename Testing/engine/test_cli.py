@@ -99,7 +99,8 @@ def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys,
     say so (on_ct 0), and the label holds only the other lesion."""
     pet_grid = {"size": (40, 40, 30), "spacing": (2.036, 2.036, 3.0), "origin": (-40.72, -40.72, -45.0)}
     pet = hot_voxel_pet({(20, 20, 15): 9.0, (20, 2, 15): 12.0}, **pet_grid)
-    ct = phantom([], (90, 70, 70), (0.9, 0.9, 1.25), (-40.72, -40.72 + 8 * 2.036, -45.0), kind="CT")
+    ct = phantom([], (90, 70, 70), (0.9, 0.9, 1.25), (-40.72, -40.72 + 8 * 2.036, -45.0), kind="CT",
+                 body_radius_mm=35.0)  # with air around: a CT must look like one
     ct_path, pet_path = write_study(tmp_path, ct, pet)
     out, stats = tmp_path / "o.nrrd", tmp_path / "s.csv"
     code, stdout, err = run_segment(capsys, ct_path, pet_path, out, manifest_path, stats=stats)
@@ -302,7 +303,7 @@ def test_output_not_writable_is_checked_before_the_run(tmp_path, capsys, study, 
     def must_not_read(*args, **kwargs):
         raise AssertionError("inputs were read before the output was checked")
 
-    monkeypatch.setattr(cli, "read_image", must_not_read)
+    monkeypatch.setattr(cli, "read_ct", must_not_read)
     label, stats = out / "lesions.nii.gz", None
     if target == "missing_folder":
         label = out / "absent" / "lesions.nii.gz"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from engine_helpers import THRESHOLD, hot_voxel_pet, make_image, phantom, physical_points, rotation
+from engine_helpers import THRESHOLD, hot_voxel_pet, phantom, physical_points, rotation
 
 from VeloxSegSlicerLib.engine import segment_study
 
@@ -137,11 +137,7 @@ def test_empty_study_gives_no_lesions(model):
 
 def test_progress_reports_all_stages_in_order(model):
     pet = phantom([((0.0, 0.0, 0.0), 10.0, 8.0)], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0))
-    ct = make_image(
-        np.full((30, 40, 40), 30, dtype=np.int16) + np.arange(40, dtype=np.int16),
-        (4.0, 4.0, 4.0),
-        (-80.0, -80.0, -60.0),
-    )
+    ct = phantom([], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0), kind="CT")
     calls = []
     segment_study(ct, pet, model, progress=lambda fraction, stage: calls.append((fraction, stage)))
     stages = [stage for _, stage in calls]
@@ -187,7 +183,8 @@ def test_one_pet_voxel_lesion_is_on_a_finer_ct_grid(model, suv):
     centre = centres[(20, 20, 15)]
     spacing = np.array([0.9, 0.9, 1.25])
     # no CT voxel centre within 0.4 mm of the lesion's centre on any axis
-    ct = phantom([], (80, 80, 60), spacing, centre + 0.4 - np.array([40, 40, 30]) * spacing, kind="CT")
+    ct = phantom([], (80, 80, 60), spacing, centre + 0.4 - np.array([40, 40, 30]) * spacing, kind="CT",
+                 body_radius_mm=30.0)  # air around the body: a CT must look like one
     result = segment_study(ct, pet, model)
 
     assert result.totals.lesion_count == 1 and result.lesions[0].voxels == 1
@@ -207,7 +204,7 @@ def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
     # CT: the PET's field of view less its first 8 rows in y, i.e. it ends 11 mm short of the hot voxel
     spacing = np.array([0.9, 0.9, 1.25])
     ct_origin = np.array([-40.72, -40.72 + 8 * 2.036, -45.0])
-    ct = phantom([], (90, 70, 70), spacing, ct_origin, kind="CT")
+    ct = phantom([], (90, 70, 70), spacing, ct_origin, kind="CT", body_radius_mm=30.0)
     result = segment_study(ct, pet, model)
 
     assert result.totals.lesion_count == 2

@@ -26,6 +26,7 @@ def tiny_arrays(ct_tissue=40.0, pet_tissue=1.0, lesion=True, seed=0):
     ct = np.full(SHAPE_ZYX, -1000, np.int16)
     pet = np.zeros(SHAPE_ZYX, np.float32)
     ct[1:-1, 2:-2, 2:-2] = ct_tissue
+    ct[1:-1, 3, 3:5] = 700  # a bone rod: a CT must hold air and bone to pass the engine's CT check
     pet[1:-1, 2:-2, 2:-2] = pet_tissue
     ct += rng.integers(-5, 6, SHAPE_ZYX).astype(np.int16)
     pet += rng.uniform(0, 0.05, SHAPE_ZYX).astype(np.float32)

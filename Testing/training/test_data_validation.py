@@ -27,7 +27,8 @@ def test_good_case_and_lesion_free_case(tmp_path):
     ("pet", lambda a: a.__setitem__((2, 3, 4), np.nan), r"case bad: PET has 1 NaN/Inf voxels"),
     ("ct", lambda a: a.__setitem__((0, 0, 0), np.inf), r"case bad: CT has 1 NaN/Inf voxels"),
     ("label", lambda a: a.__setitem__((5, 6, 7), 2), r"case bad: label is not binary: values \{0, 1, 2\}"),
-    ("pet", lambda a: a.__imul__(5000.0), r"case bad: PET does not look like SUV"),
+    ("pet", lambda a: a.__imul__(5000.0), r"case bad: PET '.*pet.nii.gz' does not look like SUV"),
+    ("ct", lambda a: a.__setitem__(slice(None), 1.5), r"case bad: CT '.*ct.nii.gz' does not look like a CT"),
 ])
 def test_bad_voxels(tmp_path, what, mutate, message):
     ct, pet, label = tiny_arrays()

@@ -69,7 +69,7 @@ class SegmentationJob:
             report(_ENGINE_START, "Loading the model")
             model = self.logic.model(self.device, self.threads)
             self.deviceUsed = model.device
-            self.deviceNote = model.fallback_reason or ""
+            self.deviceNote = " ".join(note for note in (model.fallback_reason, model.threads_note) if note)
 
             def engineProgress(fraction, stage):
                 report(_ENGINE_START + (_ENGINE_END - _ENGINE_START) * float(fraction), stage)
@@ -107,7 +107,11 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         key = (str(self.manifestPath), device, int(threads))
         with self._modelsLock:
             if key not in self._models:
-                self._models[key] = load_model(self.manifestPath, device=device, threads=int(threads))
+                model = load_model(self.manifestPath, device=device, threads=int(threads))
+                for note in (model.fallback_reason, model.threads_note):
+                    if note:  # once per loaded model (it is cached), not once per run
+                        logging.warning(f"VeloxSeg: {note}")
+                self._models[key] = model
             return self._models[key]
 
     # -- the three steps -------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """VeloxSeg inference engine: Qt-free and MRML-free (stdlib, numpy, SimpleITK, onnxruntime).
 
 Public API (docs/architecture.md):
-    load_model, segment_study, SegmentOptions, read_image, read_pet_suv,
+    load_model, segment_study, SegmentOptions, read_image, read_ct, read_pet_suv,
     VeloxSegError, InputError, ModelError, Cancelled
 """
 
 from __future__ import annotations
 
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import read_image, write_image
+from .imageio import read_ct, read_image, write_image
 from .manifest import Manifest, default_manifest_path, load_manifest
 from .pipeline import SegmentationResult, SegmentOptions, segment_study
 from .preprocess import normalize
@@ -31,6 +31,7 @@ __all__ = [
     "load_manifest",
     "load_model",
     "normalize",
+    "read_ct",
     "read_image",
     "read_pet_suv",
     "segment_study",

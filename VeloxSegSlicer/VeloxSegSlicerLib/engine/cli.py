@@ -17,7 +17,7 @@ import traceback
 from . import batch as batch_module
 from . import study_inputs
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import read_image
+from .imageio import read_ct
 from .manifest import load_manifest, verify_model_file
 from .outputs import AtomicOutputs, check_label_path, check_writable
 from .pipeline import SegmentOptions, segment_study
@@ -96,25 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output", required=True, metavar="DIR", help="results folder (created if missing)")
     batch.add_argument("--ct-pattern", metavar="GLOB", help="glob for the CT of each study (instead of the names)")
     batch.add_argument("--pet-pattern", metavar="GLOB", help="glob for the PET of each study (instead of the names)")
-    batch.add_argument(
-        "--workers", type=_threads, default=None, metavar="N",
-        help="local worker processes, one study each at a time (default 0 = one per core, as memory allows; "
-        "1 = one study after another in this process)",
-    )
-    batch.add_argument(
-        "--scheduler", metavar="tcp://HOST:PORT",
-        help="run each study as a task on this running Dask cluster (pip install 'veloxseg[cluster]'); "
-        "inputs and outputs must be on a filesystem the workers share",
-    )
     _add_run_options(batch)
 
-    info = sub.add_parser("info", help="print the model manifest and check the model file")
+    info = sub.add_parser("info", help="show the model and check its file")
     info.add_argument("--model", metavar="MANIFEST", help="model manifest .json (default: the bundled model)")
+    info.add_argument("--verbose", action="store_true", help="also print the whole manifest (provenance, ...)")
     return parser
 
 
 def _load_model(args):
     model = load_model(args.model, device=args.device, threads=args.threads)
+    if model.threads_note:
+        print(f"note: {model.threads_note}", file=sys.stderr)
     if model.fallback_reason:
         print(f"warning: {model.fallback_reason}", file=sys.stderr)
     return model
@@ -129,7 +122,7 @@ def command_segment(args, cancelled=None) -> int:
     stats = check_writable(args.stats, "Statistics file", (".csv",)) if args.stats else None
     if stats is not None and stats.resolve() == out.resolve():
         raise InputError("--stats and --out name the same file.")
-    ct = read_image(args.ct, "CT")
+    ct = read_ct(args.ct)
     pet = read_pet_suv(args.pet)
     model = _load_model(args)
     bar = ProgressBar()
@@ -165,29 +158,27 @@ def command_segment(args, cancelled=None) -> int:
 
 
 def command_batch(args, cancelled=None) -> int:
-    if args.scheduler and args.workers is not None:
-        raise InputError("--workers is for local runs; with --scheduler the Dask cluster's workers run the "
-                         "studies (start them with `dask worker --nthreads 1`).")
-    report = batch_module.run_batch(
+    model = _load_model(args)
+    return batch_module.run_batch(
         args.input,
         args.output,
-        args.model,
+        model,
         _options(args),
-        workers=0 if args.workers is None else args.workers,
-        scheduler=args.scheduler,
-        device=args.device,
-        threads=args.threads,
+        progress_factory=lambda prefix: ProgressBar(prefix=prefix),
+        cancelled=cancelled,
         ct_pattern=args.ct_pattern,
         pet_pattern=args.pet_pattern,
-        cancelled=cancelled,
     )
-    return report.exit_code  # the tally is on stderr; 130 when cancelled (finished studies are kept)
 
 
 def command_info(args) -> int:
     manifest = load_manifest(args.model)
-    print(f"manifest: {manifest.path}")
-    print(json.dumps(manifest.raw, indent=2))
+    spacing = " x ".join(f"{s:g}" for s in manifest.spacing_xyz_mm)
+    patch = " x ".join(str(p) for p in manifest.patch_size_zyx)
+    print(f"model: {manifest.raw.get('model_name', '?')} {manifest.raw.get('model_version', '')} ({manifest.path})")
+    print(f"grid: {spacing} mm (x, y, z), patch {patch} voxels (z, y, x)")
+    if getattr(args, "verbose", False):
+        print(json.dumps(manifest.raw, indent=2))
     try:
         verify_model_file(manifest)
         print(f"model file: {manifest.onnx_path} (SHA-256 verified)")

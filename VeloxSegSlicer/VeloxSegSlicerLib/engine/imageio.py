@@ -1,21 +1,43 @@
 """Reading CT/PET volumes (NIfTI, NRRD, MHA, or a DICOM series folder) and writing label images.
 
-Only file-level problems are checked here (missing, unreadable, not 3D, not scalar); voxel content is
-checked by checks.py, which runs for images from any source (files or Slicer nodes).
+File-level problems are checked here (missing, unreadable, incomplete or damaged, not 3D, not scalar; for
+DICOM: several series, unreadable slices, missing slices or uneven spacing); voxel content is checked by
+checks.py, which runs for images from any source (files or Slicer nodes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
+from .checks import check_ct
+from .dicom_header import DicomHeaderError, read_header, text
 from .errors import InputError
-from .nifti_scan import count_nonfinite
+from .integrity import verify_image_file
 
 # Writable formats for label images: single-file formats only, so the atomic rename covers everything.
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha")
+
+SERIES_INSTANCE_UID = (0x0020, 0x000E)
+# Slice gaps may differ from their median by this much (DICOM positions are rounded decimal strings).
+SLICE_GAP_TOLERANCE_MM = 0.05
+SLICE_GAP_TOLERANCE_FRACTION = 0.02
+
+
+@contextlib.contextmanager
+def _quiet_itk():
+    """ITK prints warnings (e.g. "Non uniform sampling or missing slices detected") straight to stderr; the
+    problems they hint at are checked here and reported as one clear sentence instead."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
 def _describe(path: Path) -> str:
@@ -45,6 +67,7 @@ def dicom_series_files(path, modality: str) -> list:
             "the image slices, or to a NIfTI/NRRD file."
         )
     candidates = [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series_ids]
+    _refuse_unreadable_members(folder, series_ids, candidates, modality)
     if path.is_file():
         target = os.path.abspath(path)
         candidates = [files for files in candidates if target in {os.path.abspath(f) for f in files}]
@@ -58,6 +81,62 @@ def dicom_series_files(path, modality: str) -> list:
     return candidates[0]
 
 
+def _refuse_unreadable_members(folder: Path, series_ids, candidates, modality: str) -> None:
+    """GDCM leaves out of a series any slice it cannot parse (a truncated file, say), which would silently
+    make a shorter volume or a gap. Refuse a folder holding a DICOM file that belongs to one of its series
+    but is not listed, or that cannot be parsed at all. Other DICOM objects (an RT structure set, a
+    DICOMDIR) belong to no image series and are left alone."""
+    listed = {os.path.abspath(f) for files in candidates for f in files}
+    series_uids = {s.strip() for s in series_ids}
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_file() or entry.name.upper() == "DICOMDIR" or os.path.abspath(entry) in listed:
+            continue
+        if not is_dicom_file(entry):
+            continue
+        try:
+            uid = text(read_header(entry).get(SERIES_INSTANCE_UID))
+        except (OSError, DicomHeaderError, ValueError, IndexError):
+            uid = None
+        if uid is None or uid in series_uids:
+            raise InputError(
+                f"{modality}: DICOM file {_describe(entry)} cannot be read as part of the series in "
+                f"{_describe(folder)} (truncated or damaged?); copy the series again, or remove the file if "
+                "it does not belong there."
+            )
+
+
+def _check_slice_positions(reader, files: list, modality: str, folder) -> None:
+    """Refuse a series whose slices are not evenly spaced (a missing slice, duplicates, mixed series): ITK
+    would stack them with their average spacing, putting every slice after the gap at the wrong place."""
+    if len(files) < 3:
+        return
+    try:
+        orientation = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+        positions = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(len(files))]
+    except (RuntimeError, ValueError):
+        return  # no per-slice positions (e.g. one multi-frame file): nothing to compare
+    if len(orientation) != 6 or any(len(p) != 3 for p in positions):
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.asarray(positions) @ normal
+    gaps = np.diff(along)
+    typical = float(np.median(np.abs(gaps)))
+    if typical <= 1e-3:
+        raise InputError(
+            f"{modality}: the DICOM slices in {_describe(folder)} share positions ({len(files)} files, slice "
+            "gap 0): duplicated files or several series in one folder. Keep one series per folder."
+        )
+    odd = np.flatnonzero(np.abs(np.abs(gaps) - typical) > max(SLICE_GAP_TOLERANCE_MM,
+                                                              SLICE_GAP_TOLERANCE_FRACTION * typical))
+    if odd.size:
+        first = int(odd[0])
+        raise InputError(
+            f"{modality}: the DICOM slices in {_describe(folder)} are not evenly spaced: {abs(gaps[first]):.2f} mm "
+            f"between slices {first + 1} and {first + 2} ({Path(files[first + 1]).name}) where the others are "
+            f"{typical:.2f} mm apart (a missing slice?). Copy the complete series again."
+        )
+
+
 def read_dicom_series(path, modality: str, pixel_type=sitk.sitkUnknown):
     """-> (image, reader with per-slice metadata, file list)."""
     files = dicom_series_files(path, modality)
@@ -67,18 +146,28 @@ def read_dicom_series(path, modality: str, pixel_type=sitk.sitkUnknown):
     reader.LoadPrivateTagsOn()
     reader.SetOutputPixelType(pixel_type)
     try:
-        image = reader.Execute()
+        with _quiet_itk():
+            image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{modality}: cannot read the DICOM series in {_describe(path)}: {exc}") from exc
+        raise InputError(
+            f"{modality}: cannot read the DICOM series in {_describe(path)}: {_last_line(exc)}") from None
+    image = check_geometry(image, modality, path)
+    _check_slice_positions(reader, files, modality, path)
     if image.GetPixelID() == sitk.sitkFloat64:  # rescaled slices come out float64; float32 halves memory
         image = sitk.Cast(image, sitk.sitkFloat32)
-    return check_geometry(image, modality, path), reader, files
+    return image, reader, files
+
+
+def _last_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.Image:
     """Read a 3D scalar volume from a NIfTI/NRRD/MHA file or a DICOM series (folder or one of its files).
 
-    modality ("CT" or "PET") only words the error messages. float64 data are read as float32.
+    modality ("CT" or "PET") only words the error messages. float64 data are read as float32. Incomplete
+    or damaged files are refused (InputError), never read with invented voxels.
     """
     path = Path(path)
     if not path.exists():
@@ -86,26 +175,48 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
     if path.is_dir() or is_dicom_file(path):
         image, _, _ = read_dicom_series(path, modality, pixel_type)
         return image
+    if path.stat().st_size == 0:
+        raise InputError(f"{modality} file {_describe(path)} is empty (0 bytes). Copy or export it again.")
+    nonfinite = verify_image_file(path, modality)  # before ITK, which may zero-fill what is missing
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-        if pixel_type == sitk.sitkUnknown and reader.GetPixelID() == sitk.sitkFloat64:
-            pixel_type = sitk.sitkFloat32  # convert while reading: no float64 copy of a whole-body volume
-        reader.SetOutputPixelType(pixel_type)
-        image = reader.Execute()
+        with _quiet_itk():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
         raise InputError(
-            f"{modality} file {_describe(path)} cannot be read as an image ({first_line}). Supported: NIfTI "
+            f"{modality} file {_describe(path)} cannot be read as an image ({_last_line(exc)}). Supported: NIfTI "
             "(.nii, .nii.gz), NRRD, MHA, or a DICOM series folder."
-        ) from exc
-    nonfinite = count_nonfinite(path)  # ITK reads NaN in NIfTI as 0, so look at the file's own bytes
+        ) from None
+    # Before any conversion: with an output pixel type set, ITK would silently turn a vector image scalar.
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise InputError(
+            f"{modality} file {_describe(path)} has {components} values per voxel (colour or vector image); "
+            "give a scalar grey-value volume."
+        )
+    if pixel_type == sitk.sitkUnknown and reader.GetPixelID() == sitk.sitkFloat64:
+        pixel_type = sitk.sitkFloat32  # convert while reading: no float64 copy of a whole-body volume
+    reader.SetOutputPixelType(pixel_type)
+    try:
+        with _quiet_itk():
+            image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(
+            f"{modality} file {_describe(path)} cannot be read ({_last_line(exc)}). Copy or export it again."
+        ) from None
     if nonfinite:
         raise InputError(
             f"{modality} file {_describe(path)} has {nonfinite} voxels that are NaN or infinite. Fix the export "
             "(or replace them, e.g. by 0 for PET and -1000 for CT) and try again.")
     return check_geometry(image, modality, path)
+
+
+def read_ct(path) -> sitk.Image:
+    """Read a CT in Hounsfield units and check that it looks like one (InputError naming the file)."""
+    image = read_image(path, "CT")
+    check_ct(image, source=path)
+    return image
 
 
 def check_geometry(image: sitk.Image, modality: str, source="") -> sitk.Image:

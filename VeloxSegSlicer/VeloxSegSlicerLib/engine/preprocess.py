@@ -4,7 +4,9 @@ The model grid has the manifest spacing and the identity direction (axes along L
 orientation of the inputs: the network always sees patients the same way up. It covers only the body
 (the crop is chosen before resampling, so no work is spent on air), intersected with the region both
 scans cover, and is at least one patch wide on every axis (extra context is taken from the images;
-outside them CT is air and PET is zero, i.e. constant padding). Its origin sits on the PET voxel lattice
+outside them CT is air and PET is zero, i.e. constant padding). The body box is measured in physical
+space, so a study stored on oblique grids gets the same model grid as the same study stored axis-aligned
+(the network's output depends on the field of view it sees). Its origin sits on the PET voxel lattice
 when the PET is axis-aligned, so a PET already at the model spacing is not interpolated at all.
 """
 
@@ -96,6 +98,49 @@ def body_index_box(image: sitk.Image, threshold: float, slab: int = 16):
     return [int(b[0]) for b in bounds], [int(b[-1]) for b in bounds]
 
 
+def is_axis_aligned(image: sitk.Image) -> bool:
+    """True when every image axis runs along a physical axis (identity, flips, axis permutations)."""
+    direction = np.abs(np.reshape(image.GetDirection(), (3, 3)))
+    return bool(np.all(np.isclose(direction, 0.0, atol=1e-6) | np.isclose(direction, 1.0, atol=1e-6)))
+
+
+def body_physical_box(image: sitk.Image, threshold: float, slab: int = 16):
+    """Physical (x, y, z) bounds of the voxel centres above threshold, or None.
+
+    On an axis-aligned grid that is the box of the index bounds. On an oblique grid the box of the index
+    bounds is larger than the body (its corners lie in the air around it, up to ~40 % wider at 45 degrees),
+    and a model grid cut to it would show the network a different field of view than the same study stored
+    axis-aligned. So there the exact box is taken: along each image row the physical extremes of the
+    voxels above threshold are the first and the last of them (any linear coordinate is monotone along a
+    line), so the box of those end points, row by row, is exact at the cost of two argmax passes.
+    """
+    if is_axis_aligned(image):
+        index_box = body_index_box(image, threshold, slab)
+        return None if index_box is None else _index_box_to_physical(image, *index_box)
+    array = sitk.GetArrayViewFromImage(image)
+    width = array.shape[2]
+    to_physical = np.reshape(image.GetDirection(), (3, 3)) @ np.diag(image.GetSpacing())
+    origin = np.asarray(image.GetOrigin())
+    low = np.full(3, np.inf)
+    high = np.full(3, -np.inf)
+    for start in range(0, array.shape[0], slab):
+        above = array[start : start + slab] > threshold
+        rows = above.any(axis=2)
+        if not rows.any():
+            continue
+        z, y = np.nonzero(rows)
+        first = np.argmax(above, axis=2)[z, y]
+        last = width - 1 - np.argmax(above[:, :, ::-1], axis=2)[z, y]
+        for x in (first, last):
+            index = np.stack([x, y, z + start], axis=1).astype(np.float64)
+            points = origin + index @ to_physical.T
+            low = np.minimum(low, points.min(axis=0))
+            high = np.maximum(high, points.max(axis=0))
+    if not np.all(np.isfinite(low)):
+        return None
+    return low, high
+
+
 def _intersect(a, b):
     return np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
 
@@ -118,9 +163,9 @@ def model_grid(ct: sitk.Image, pet: sitk.Image, spacing_xyz, patch_size_zyx, cro
     if crop_to_body:
         boxes = []
         for image, threshold in ((ct, CT_BODY_HU), (pet, PET_BODY_SUV)):
-            index_box = body_index_box(image, threshold)
-            if index_box is not None:
-                boxes.append(_index_box_to_physical(image, *index_box))
+            box = body_physical_box(image, threshold)
+            if box is not None:
+                boxes.append(box)
         if boxes:
             body = boxes[0] if len(boxes) == 1 else _intersect(boxes[0], boxes[1])
             if not _is_empty(body):
@@ -132,7 +177,7 @@ def model_grid(ct: sitk.Image, pet: sitk.Image, spacing_xyz, patch_size_zyx, cro
     spacing = np.asarray(spacing_xyz, dtype=float)
     lo, hi = region
     origin = lo.copy()
-    if np.allclose(np.reshape(pet.GetDirection(), (3, 3)), np.eye(3), atol=1e-6):
+    if is_axis_aligned(pet):  # a PET voxel centre (its origin) is then on the model lattice too
         anchor = np.asarray(pet.GetOrigin())
         origin = anchor + np.floor((lo - anchor) / spacing + 1e-6) * spacing
     size = np.ceil((hi - origin) / spacing - 1e-6).astype(int) + 1

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
-from .checks import check_finite, check_not_label_map, check_pet_is_suv
+from .checks import check_pet
 from .dicom_header import DicomHeaderError, read_header, text
 from .errors import InputError
 from .imageio import is_dicom_file, read_dicom_series, read_image
@@ -229,7 +229,5 @@ def read_pet_suv(path) -> sitk.Image:
             image = sitk.Cast(image * factor, sitk.sitkFloat32)
     else:
         image = read_image(path, "PET", sitk.sitkFloat32)
-    check_finite(image, "PET")
-    check_not_label_map(image, "PET")
-    check_pet_is_suv(image)
+    check_pet(image, source=path)
     return image
