@@ -5,7 +5,9 @@ CT as int16 HU at full resolution, PET as float32 SUVbw, the expert tumour conto
 segmentation) and prints the SHA-256 values that VeloxSegSlicerLib/sampledata.py must list.
 Data: CC BY 3.0, see Resources/SampleData/README.md for attribution.
 
-    python scripts/make_sample_data.py [--source /work/shared/data/ibsi-sts/cases/STS_002]
+    python scripts/make_sample_data.py [--source DIR]
+
+--source defaults to shared/data/ibsi-sts/cases/STS_002 inside the checkout or beside it.
 """
 
 import argparse
@@ -20,6 +22,15 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VeloxSegSlicer"))
 OUT = REPO / "VeloxSegSlicer" / "Resources" / "SampleData"
+CASE = Path("data") / "ibsi-sts" / "cases" / "STS_002"
+
+
+def default_source() -> Path:
+    """STS_002 in shared/ inside the checkout or beside it (where the project keeps its data)."""
+    for shared in (REPO / "shared", REPO.parent / "shared"):
+        if (shared / CASE).is_dir():
+            return shared / CASE
+    return REPO.parent / "shared" / CASE
 
 
 def sha256(path):
@@ -28,9 +39,11 @@ def sha256(path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", default="/work/shared/data/ibsi-sts/cases/STS_002")
+    parser.add_argument("--source", type=Path, default=default_source(), help="the IBSI STS_002 case folder")
     args = parser.parse_args()
-    source = Path(args.source)
+    source = args.source
+    if not (source / "CT_fullres.nii.gz").is_file():
+        raise SystemExit(f"IBSI case STS_002 not found at {source} (CT_fullres.nii.gz missing); pass --source DIR")
     OUT.mkdir(parents=True, exist_ok=True)
 
     ct = sitk.ReadImage(str(source / "CT_fullres.nii.gz"))

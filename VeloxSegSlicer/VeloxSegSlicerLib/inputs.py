@@ -2,11 +2,17 @@
 
 Every problem comes back as a sentence that says what is wrong and what to do, so the module can show
 it in the button tooltip before anything runs, and the Logic can raise it as an InputError.
+
+The voxel checks are the engine's own (``engine.checks``: scalar 3D, finite, not a label map, CT in HU,
+PET in SUV), run on the nodes' arrays, so the module refuses exactly what ``veloxseg segment`` refuses.
+Only what Slicer alone knows is checked here besides: the DICOM modality and the voxel value units that
+Slicer's DICOM plugins record on a node.
 """
 
 import numpy as np
 import slicer
 
+from .engine import checks
 from .engine.errors import InputError
 from .mrml_io import volumeArray, worldBounds
 
@@ -14,13 +20,8 @@ from .mrml_io import volumeArray, worldBounds
 SUV_BW_UNITS = "{SUVbw}g/ml"
 OTHER_SUV_UNITS = ("{SUVlbm}g/ml", "{SUVbsa}cm2/ml", "{SUVibw}g/ml")
 
-# Above this 99.5th percentile a PET cannot be SUV: activity concentrations are in the thousands of Bq/ml,
-# while even a bladder or a hot tumour stays below ~100 g/ml in SUVbw.
-MAX_PLAUSIBLE_SUV_P995 = 100.0
 # The quick check (button tooltip) only has the value range: no SUV image reaches this maximum.
 MAX_PLAUSIBLE_SUV = 1000.0
-# A CT in Hounsfield units spans at least air-to-soft-tissue or fat-to-bone.
-MIN_CT_VALUE_SPREAD = 300.0
 # CT and PET must share at least this fraction of the PET field of view.
 MIN_OVERLAP_FRACTION = 0.2
 
@@ -50,15 +51,6 @@ def voxelUnits(volumeNode):
     """The code value of the node's voxel value units (e.g. '{SUVbw}g/ml', 'Bq/ml'), or ''."""
     units = volumeNode.GetVoxelValueUnits() if hasattr(volumeNode, "GetVoxelValueUnits") else None
     return (units.GetCodeValue() or "") if units is not None else ""
-
-
-def _robustMax(array):
-    finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
-    if finite.size == 0:
-        return float("nan")
-    # a strided sample keeps this fast on whole-body volumes; percentiles barely change
-    sample = finite.ravel()[:: max(1, finite.size // 2_000_000)]
-    return float(np.percentile(sample, 99.5))
 
 
 def roleScore(name, modality, units, valueMin, valueMax):
@@ -126,6 +118,15 @@ def _checkVolume(node, role):
     return ""
 
 
+def _contentProblem(check, node, *args):
+    """The engine check's sentence for the node's voxels, or ''."""
+    try:
+        check(volumeArray(node), *args, source=node.GetName())
+    except InputError as error:
+        return str(error)
+    return ""
+
+
 def _petUnitsProblem(petNode, cheap=False):
     units = voxelUnits(petNode)
     name = petNode.GetName()
@@ -141,24 +142,26 @@ def _petUnitsProblem(petNode, cheap=False):
         if valueMax > MAX_PLAUSIBLE_SUV:
             return (f"'{name}' does not look like SUV: its values reach {valueMax:.0f}, far above any SUV "
                     f"(raw counts or Bq/ml?). {HOW_TO_GET_SUV}")
-        return ""
-    p995 = _robustMax(volumeArray(petNode))
-    if not np.isfinite(p995) or p995 <= 0:
-        return f"'{name}' holds no positive values, so it cannot be a PET in SUV. {HOW_TO_GET_SUV}"
-    if p995 > MAX_PLAUSIBLE_SUV_P995:
-        return (f"'{name}' does not look like SUV: 99.5 % of its voxels are below {p995:.0f}, far above any "
-                f"SUV (raw counts or Bq/ml?). {HOW_TO_GET_SUV}")
     return ""
 
 
-def _ctProblem(ctNode):
+def _petProblem(petNode, cheap=False):
+    problem = _petUnitsProblem(petNode, cheap)
+    if problem or cheap:
+        return problem
+    return _contentProblem(checks.check_pet, petNode)
+
+
+def _ctProblem(ctNode, cheap=False):
     if dicomModality(ctNode) == "PT" or "suv" in voxelUnits(ctNode).lower():
         return f"'{ctNode.GetName()}' is a PET image. Choose the CT of the study as CT volume."
-    valueMin, valueMax = ctNode.GetImageData().GetScalarRange()
-    if valueMax - valueMin < MIN_CT_VALUE_SPREAD or (valueMin >= 0 and valueMax < 200):
-        return (f"'{ctNode.GetName()}' does not look like a CT in Hounsfield units (values {valueMin:.0f} to "
-                f"{valueMax:.0f}). Choose the CT of the study as CT volume.")
-    return ""
+    if cheap:  # the value range only: a CT reaches air and bone
+        valueMin, valueMax = ctNode.GetImageData().GetScalarRange()
+        if valueMin > checks.CT_AIR_HU or valueMax < checks.CT_BONE_HU:
+            return (f"'{ctNode.GetName()}' does not look like a CT in Hounsfield units (values {valueMin:.0f} to "
+                    f"{valueMax:.0f}, without air or bone). Choose the CT of the study as CT volume.")
+        return ""
+    return _contentProblem(checks.check_ct, ctNode)
 
 
 def overlapFraction(ctNode, petNode):
@@ -181,10 +184,8 @@ def checkInputs(ctNode, petNode, cheap=False):
             return problem
     if ctNode is petNode or ctNode.GetID() == petNode.GetID():
         return "The same volume is selected as CT and as PET. Choose the CT and the PET of the study."
-    problem = _ctProblem(ctNode)
-    if problem:
-        return problem
-    problem = _petUnitsProblem(petNode, cheap)
+    # the PET first: a CT chosen as PET is then called a CT ("swapped?"), the clearest message
+    problem = _petProblem(petNode, cheap) or _ctProblem(ctNode, cheap)
     if problem:
         return problem
     try:

@@ -59,8 +59,8 @@ def check_finite(image, modality: str, source="") -> None:
         return
     bad = int(sum(np.count_nonzero(~np.isfinite(slab)) for slab in array))
     raise InputError(
-        f"{_subject(modality, source)} has {bad} voxels that are NaN or infinite. Fix the export (or replace "
-        "them, e.g. by 0 for PET and -1000 for CT) and try again."
+        f"{_subject(modality, source)} has {bad} voxel{'s' if bad != 1 else ''} that are NaN or infinite. Fix the "
+        "export (or replace them, e.g. by 0 for PET and -1000 for CT) and try again."
     )
 
 
@@ -71,6 +71,8 @@ def check_not_label_map(image, modality: str, source="") -> None:
         return
     if np.any(values != np.round(values)):
         return
+    if values.max() == 0:
+        raise InputError(f"{_subject(modality, source)} holds only zeros: it is empty. Pass the {modality} scan.")
     raise InputError(
         f"{_subject(modality, source)} holds only the values {values.astype(int).tolist()}: it looks like a "
         f"label map or segmentation, not a {modality} scan. Pass the {modality} volume itself."
@@ -86,7 +88,7 @@ def check_ct_is_ct(image, source="") -> None:
         return
     low, high = float(sample.min()), float(sample.max())
     if high - low <= 100.0 and low >= 0.0:
-        hint = "it looks like a PET (is the PET given as CT?)"
+        hint = "it looks like a PET: are CT and PET swapped, or is the PET given as CT?"
     elif air < CT_AIR_MIN_FRACTION and low >= -100.0:
         hint = ("it has no air (about -1000 HU) around the body or in the lungs: a PET or MR, or a CT stored "
                 "without its rescale intercept?")

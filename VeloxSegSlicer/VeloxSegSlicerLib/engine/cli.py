@@ -20,7 +20,7 @@ from .errors import Cancelled, InputError, ModelError, VeloxSegError
 from .imageio import read_ct
 from .manifest import load_manifest, verify_model_file
 from .outputs import AtomicOutputs, check_label_path, check_writable
-from .pipeline import SegmentOptions, segment_study
+from .pipeline import ReleasableImage, SegmentOptions, segment_study
 from .progress import ProgressBar
 from .runtime import load_model
 from .sliding_window import BLENDINGS
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--output", required=True, metavar="DIR", help="results folder (created if missing)")
     batch.add_argument("--ct-pattern", metavar="GLOB", help="glob for the CT of each study (instead of the names)")
     batch.add_argument("--pet-pattern", metavar="GLOB", help="glob for the PET of each study (instead of the names)")
+    batch.add_argument(
+        "--workers", type=_threads, default=None, metavar="N",
+        help="local worker processes, one study each at a time (default 0 = one per core, as memory allows; "
+        "1 = one study after another in this process)",
+    )
+    batch.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT",
+        help="run each study as a task on this running Dask cluster (pip install 'veloxseg[cluster]'); "
+        "inputs and outputs must be on a filesystem the workers share",
+    )
     _add_run_options(batch)
 
     info = sub.add_parser("info", help="show the model and check its file")
@@ -122,7 +132,7 @@ def command_segment(args, cancelled=None) -> int:
     stats = check_writable(args.stats, "Statistics file", (".csv",)) if args.stats else None
     if stats is not None and stats.resolve() == out.resolve():
         raise InputError("--stats and --out name the same file.")
-    ct = read_ct(args.ct)
+    ct = ReleasableImage(read_ct(args.ct))  # segment_study frees the CT's voxels once resampled
     pet = read_pet_suv(args.pet)
     model = _load_model(args)
     bar = ProgressBar()
@@ -158,17 +168,23 @@ def command_segment(args, cancelled=None) -> int:
 
 
 def command_batch(args, cancelled=None) -> int:
-    model = _load_model(args)
-    return batch_module.run_batch(
+    if args.scheduler and args.workers is not None:
+        raise InputError("--workers is for local runs; with --scheduler the Dask cluster's workers run the "
+                         "studies (start them with `dask worker --nthreads 1`).")
+    report = batch_module.run_batch(
         args.input,
         args.output,
-        model,
+        args.model,
         _options(args),
-        progress_factory=lambda prefix: ProgressBar(prefix=prefix),
-        cancelled=cancelled,
+        workers=0 if args.workers is None else args.workers,
+        scheduler=args.scheduler,
+        device=args.device,
+        threads=args.threads,
         ct_pattern=args.ct_pattern,
         pet_pattern=args.pet_pattern,
+        cancelled=cancelled,
     )
+    return report.exit_code  # the tally is on stderr; 130 when cancelled (finished studies are kept)
 
 
 def command_info(args) -> int:
@@ -224,6 +240,9 @@ def main(argv=None) -> int:
         return EXIT_MODEL
     except VeloxSegError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except OSError as exc:  # e.g. a full disk while writing the statistics; the partial files are removed
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}. Nothing was written.", file=sys.stderr)
         return EXIT_RUNTIME
     except MemoryError:
         print("error: out of memory. Close other programs or use a machine with more RAM.", file=sys.stderr)

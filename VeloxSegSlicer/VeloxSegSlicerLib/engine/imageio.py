@@ -16,7 +16,7 @@ import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
 from .checks import check_ct
 from .dicom_header import DicomHeaderError, read_header, text
-from .errors import InputError
+from .errors import InputError, VeloxSegError
 from .integrity import verify_image_file
 
 # Writable formats for label images: single-file formats only, so the atomic rename covers everything.
@@ -58,7 +58,8 @@ def dicom_series_files(path, modality: str) -> list:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        with _quiet_itk():
+            series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError:
         series_ids = ()
     if not series_ids:
@@ -66,7 +67,8 @@ def dicom_series_files(path, modality: str) -> list:
             f"{modality}: no DICOM series found in folder {_describe(folder)}. Point to the folder holding "
             "the image slices, or to a NIfTI/NRRD file."
         )
-    candidates = [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series_ids]
+    with _quiet_itk():
+        candidates = [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series_ids]
     _refuse_unreadable_members(folder, series_ids, candidates, modality)
     if path.is_file():
         target = os.path.abspath(path)
@@ -207,8 +209,8 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
         ) from None
     if nonfinite:
         raise InputError(
-            f"{modality} file {_describe(path)} has {nonfinite} voxels that are NaN or infinite. Fix the export "
-            "(or replace them, e.g. by 0 for PET and -1000 for CT) and try again.")
+            f"{modality} file {_describe(path)} has {nonfinite} voxel{'s' if nonfinite != 1 else ''} that are NaN or "
+            "infinite. Fix the export (or replace them, e.g. by 0 for PET and -1000 for CT) and try again.")
     return check_geometry(image, modality, path)
 
 
@@ -254,7 +256,14 @@ def label_suffix(path) -> str:
 
 
 def write_image(image: sitk.Image, path, compress: bool = True) -> None:
+    """Write an image; a failure (a full disk, a lost share) is a VeloxSegError naming the file, and the
+    caller's temporary file is removed by AtomicOutputs, so no partial output stays behind."""
     writer = sitk.ImageFileWriter()
     writer.SetFileName(str(path))
     writer.SetUseCompression(compress)
-    writer.Execute(image)
+    try:
+        with _quiet_itk():
+            writer.Execute(image)
+    except RuntimeError as exc:
+        raise VeloxSegError(f"Cannot write {_describe(Path(path))} ({_last_line(exc)}); is the disk full or the "
+                            "folder no longer writable? Nothing was written.") from None

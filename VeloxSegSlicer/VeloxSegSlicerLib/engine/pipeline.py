@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
 from .checks import check_inputs
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, VeloxSegError
 from .postprocess import label_maps
 from .preprocess import (
     CT_AIR_HU,
@@ -72,6 +72,33 @@ class SegmentationResult:
     seconds: dict = field(default_factory=dict)  # per stage
 
 
+class ReleasableImage:
+    """An input image handed over to segment_study, which drops it once only its geometry is needed.
+
+    A whole-body CT (512 x 512 x 1500 int16: 0.79 GB) is needed only until it is resampled onto the model
+    grid; afterwards the CT-grid label needs just its geometry. When the caller keeps no other reference
+    (``segment_study(ReleasableImage(read_ct(path)), pet, model)``), its voxels are freed before the label
+    maps are built, which keeps that study within 2 GB.
+    """
+
+    def __init__(self, image: sitk.Image):
+        self.image = image
+
+    def take(self) -> sitk.Image:
+        image, self.image = self.image, None
+        if image is None:
+            raise VeloxSegError("This ReleasableImage was already used by a segmentation; read the image again.")
+        return image
+
+
+def geometry_of(image: sitk.Image) -> sitk.Image:
+    """An image with the grid of `image` (size, origin, spacing, direction) and no voxel buffer: a label-map
+    pixel type is stored run-length encoded, so an empty one costs nothing whatever its size."""
+    reference = sitk.Image(image.GetSize(), sitk.sitkLabelUInt8)
+    reference.CopyInformation(image)
+    return reference
+
+
 class _Progress:
     """Maps stage-local fractions to the overall fraction and checks for cancellation."""
 
@@ -110,7 +137,10 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
 
     progress(fraction, stage) is called often (fraction 0-1 overall); cancelled() is polled between
     patches and stages and makes this raise Cancelled. Returns a SegmentationResult.
+    ct_image may be a ReleasableImage: its voxels are then dropped as soon as they are resampled.
     """
+    if isinstance(ct_image, ReleasableImage):
+        ct_image = ct_image.take()
     options = options or SegmentOptions()
     options.validate()
     steps = _Progress(progress, cancelled)
@@ -122,6 +152,8 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     on_grid = resample_to_model_grid(
         ct_image, pet_suv_image, manifest.spacing_xyz_mm, manifest.patch_size_zyx, threads=threads
     )
+    ct_grid = geometry_of(ct_image)  # from here on the CT grid is all that is needed of the CT
+    del ct_image  # frees the CT's voxels when the caller handed them over (ReleasableImage)
     steps.check()
     grid = on_grid.grid
     ct = sitk.GetArrayFromImage(on_grid.ct)
@@ -161,7 +193,7 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     label_ct, label_pet, not_on_ct = label_maps(
         logit_diff,
         grid,
-        ct_image,
+        ct_grid,
         pet_suv_image,
         options.min_lesion_ml,
         threads,
