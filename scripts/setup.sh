@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotently) everything VeloxSeg needs on a fresh Debian/Ubuntu machine:
 #   scripts/setup.sh demo   -> inference + headless Slicer core (no torch)
-#   scripts/setup.sh all    -> + training (CPU torch), tests and lint tools
+#   scripts/setup.sh all    -> + training (CPU torch), Dask (batch on a cluster), tests and lint tools
 # The virtual environment lives in .venv (override with VELOXSEG_VENV).
 set -euo pipefail
 profile="${1:-all}"
@@ -34,7 +34,7 @@ case "$profile" in
   all)
     # The CPU wheel first: a looser torch requirement would pull a multi-GB CUDA build.
     "${pip[@]}" torch==2.13.0
-    "${pip[@]}" -e "$root[train,slicer-test,dev]"
+    "${pip[@]}" -e "$root[train,slicer-test,dev,cluster]"
     ;;
   *)
     echo "usage: scripts/setup.sh [demo|all]" >&2

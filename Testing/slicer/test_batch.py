@@ -83,3 +83,18 @@ def test_segment_folder_without_cases(app, logic, tmp_path):
 
     with pytest.raises(InputError, match="No case"):
         logic.segmentFolder(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_engine_batch_api_with_worker_processes_beside_slicer(app, tiny_model, cohort, tmp_path):
+    """The console's cohort API (docs/slicer.md): the engine's run_batch with two worker processes, from the
+    Python that has `slicer` loaded; the same cases as segmentFolder, the same lesion counts, the scene
+    untouched."""
+    from VeloxSegSlicerLib.engine.batch import run_batch
+
+    snapshot = scene_snapshot(app.scene)
+    report = run_batch(str(cohort), str(tmp_path / "out"), model=str(tiny_model), workers=2, show_progress=False)
+    assert scene_snapshot(app.scene) == snapshot
+    statuses = {row["study"]: row["status"] for row in report.rows}
+    assert statuses == {"case_a": "done", "case_b": "done", "case_c": "failed", "notes": "failed"}
+    assert [row["lesion_count"] for row in report.rows[:2]] == [2, 2]
+    assert report.exit_code == 2 and "no PET found" in report.rows[2]["message"]

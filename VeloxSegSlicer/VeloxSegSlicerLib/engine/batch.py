@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -165,8 +166,6 @@ class _Batch:
 
 def _short_worker(worker: str) -> str:
     """A worker's display name: 'pid 1234' on this machine, 'host:pid' elsewhere."""
-    import socket
-
     host, _, pid = worker.rpartition(":")
     return f"pid {pid}" if host == socket.gethostname() else worker
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -32,6 +33,11 @@ from .outputs import AtomicOutputs, write_stats_csv
 from .pipeline import SegmentOptions, segment_study
 from .runtime import load_model
 from .suv import read_pet_suv
+
+try:
+    import resource
+except ImportError:  # Windows: no peak memory in the record
+    resource = None
 
 LABEL_NAME = "lesions.nii.gz"
 STATS_NAME = "lesions.csv"
@@ -95,6 +101,14 @@ def failure_code(exc: BaseException) -> int:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def peak_memory_mb():
+    """This process's peak resident memory so far (MB), or None where the platform does not say."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 # --- input fingerprints ---------------------------------------------------------------------------------
@@ -278,6 +292,7 @@ def process_study(task: StudyTask, model, spec: ModelSpec, progress: Optional[Ca
                 "seconds": round(time.perf_counter() - started, 2),
                 "device": result.device,
                 "worker": worker_name(),
+                "worker_peak_memory_mb": peak_memory_mb(),  # one study at a time: the single-study bound
                 "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
             with open(outputs.temporary(out / RECORD_NAME), "w", encoding="utf-8") as stream:
