@@ -142,7 +142,7 @@ def main() -> None:
     memory = {}
     outputs = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         runs = {"workers 1": ["--workers", "1"], "workers 2": ["--workers", "2"],
                 "dask 2x1": ["--scheduler", cluster.scheduler_address]}
         for round_number in range(args.rounds):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import read_image, write_image
+from .imageio import read_ct, write_image
 from .outputs import AtomicOutputs, write_stats_csv
 from .pipeline import SegmentOptions, segment_study
 from .runtime import load_model
@@ -262,7 +262,7 @@ def process_study(task: StudyTask, model, spec: ModelSpec, progress: Optional[Ca
         report(0.0, "Reading")
         folder = Path(task.folder)
         inputs = {role: fingerprint(path, folder) for role, path in (("CT", task.ct), ("PET", task.pet))}
-        ct, pet = read_image(task.ct, "CT"), read_pet_suv(task.pet)
+        ct, pet = read_ct(task.ct), read_pet_suv(task.pet)
         if cancelled is not None and cancelled():
             raise Cancelled("Segmentation cancelled.")
 
