@@ -65,5 +65,5 @@ def test_demo_reports_bad_input(tiny_model, tmp_path, capsys):
                       "--no-png"])
     assert code == 2
     error = capsys.readouterr().err
-    assert "does not look like SUV" in error and "DICOM" in error
+    assert "looks like a CT" in error and "swapped" in error  # the engine's check, as `veloxseg segment` says
     assert not list(tmp_path.iterdir())  # nothing written

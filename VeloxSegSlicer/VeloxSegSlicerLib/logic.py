@@ -26,6 +26,7 @@ import slicer
 
 from . import batch, dependencies, inputs, mrml_io, results
 from .engine import Cancelled, InputError, SegmentOptions, VeloxSegError, load_model, segment_study
+from .engine.pipeline import ReleasableImage
 
 try:  # real Slicer; slicer-core has no ScriptedLoadableModule (the tests provide a stub)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -74,7 +75,9 @@ class SegmentationJob:
             def engineProgress(fraction, stage):
                 report(_ENGINE_START + (_ENGINE_END - _ENGINE_START) * float(fraction), stage)
 
-            self.result = segment_study(self.ctImage, self.petImage, model, self.options,
+            # hand the CT copy over: the engine frees it once resampled (a whole-body CT is ~0.8 GB)
+            ctImage, self.ctImage = ReleasableImage(self.ctImage), None
+            self.result = segment_study(ctImage, self.petImage, model, self.options,
                                         progress=engineProgress,
                                         cancelled=cancelCallback or (lambda: False))
             # drop the voxel copies as soon as possible; whole-body studies are large
