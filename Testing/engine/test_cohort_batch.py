@@ -209,6 +209,44 @@ def test_ctrl_c_on_the_command_line(cohort, tmp_path):
     assert _summary(output).keys() == set(STUDIES)
 
 
+def _pool_workers() -> list:
+    """PIDs of this process's multiprocessing worker children (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() \
+                    and b"spawn_main" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers")
+def test_local_workers_killed_mid_study_are_replaced(cohort, sequential, tmp_path):
+    output = tmp_path / "out"
+    killed = {}
+
+    def kill_the_workers_while_the_slow_study_runs():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list(output.glob("*/veloxseg_run.json")):
+            time.sleep(0.01)  # a small study is finished: the workers run, the slow study (~1.5 s) too
+        killed["slow_was_running"] = not (output / "a_slow" / "veloxseg_run.json").exists()
+        killed["pids"] = _pool_workers()
+        for pid in killed["pids"]:
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_workers_while_the_slow_study_runs)
+    killer.start()
+    report = run_batch(cohort, output, workers=2, show_progress=False)
+    killer.join()
+    assert killed["slow_was_running"] and len(killed["pids"]) == 2
+    assert [r["status"] for r in report.rows] == ["done", "done", "done", "failed", "done"]
+    assert not batch_study.read_record(output / "a_slow")["worker"].endswith(tuple(f":{p}" for p in killed["pids"]))
+    _assert_same_results(output, sequential)
+    assert not _partial_files(output)
+
+
 # --- Dask ------------------------------------------------------------------------------------------------
 
 
