@@ -121,7 +121,7 @@ class CohortProgress:
                 f"{c['done']} done, {c['failed']} failed, {c['skipped']} skipped")
         processed = c["done"] + c["failed"]
         left = self.total - finished
-        if processed and left and self.first_run is not None:
+        if c["done"] and left and self.first_run is not None:  # not from failures alone: they are often instant
             rate = processed / max(time.perf_counter() - self.first_run, 1e-6)
             text += f", ETA {_duration(left / rate)}"
         return text + f" ({_duration(time.perf_counter() - self.started)})"
