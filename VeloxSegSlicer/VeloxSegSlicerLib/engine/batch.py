@@ -1,5 +1,7 @@
-"""`veloxseg batch` and its Python API `run_batch`: one study per subfolder of an input folder, in this
-process, in N local worker processes, or as tasks on a Dask cluster.
+"""`veloxseg batch` and its Python API `run_batch`: every study subfolder of an input folder.
+
+Studies run one after another in this process (--workers 1), in N local worker processes (--workers N,
+default one per core), or as tasks on a running Dask cluster (--scheduler tcp://HOST:PORT).
 
 The CT and PET of each study are found by `study_inputs.find_study_inputs` (names, or the --ct-pattern /
 --pet-pattern globs; DICOM series folders and one or two folder levels below the study are searched).
