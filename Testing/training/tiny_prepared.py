@@ -22,6 +22,8 @@ def make_case(shape_zyx, lesion_centre=None, lesion_radius=6, seed=0, hot_organ=
     body = ((y - cy) / (0.42 * shape_zyx[1])) ** 2 + ((x - cx) / (0.45 * shape_zyx[2])) ** 2 <= 1
     ct = np.where(body, 40.0, -1000.0).astype(np.float32) + rng.normal(0, 10, shape_zyx).astype(np.float32)
     pet = np.where(body, 1.0, 0.0).astype(np.float32) + np.abs(rng.normal(0, 0.1, shape_zyx)).astype(np.float32)
+    spine = ((y - cy - 0.25 * shape_zyx[1]) ** 2 + (x - cx) ** 2) <= 3 ** 2
+    ct[spine] = 700.0  # bone: the engine's CT check wants air and bone in a CT
     label = np.zeros(shape_zyx, dtype=np.uint8)
     if hot_organ:  # something bright that is not a lesion
         organ = ((z - shape_zyx[0] * 0.3) ** 2 + (y - cy) ** 2 + (x - cx * 0.6) ** 2) <= 8 ** 2

@@ -56,6 +56,13 @@ class TrainConfig:
     hard_negative_fraction: float = _f(0.0, "sampling", "share of background crops centred on a hot non-lesion "
                                        "voxel (PET >= hard_negative_suv) instead of a uniform one; 0 = reference")
     hard_negative_suv: float = _f(2.5, "sampling", "SUV from which a non-lesion voxel counts as hot")
+    mine_every: int = _f(0, "sampling", "every N steps, run the sliding window over some training volumes and "
+                         "keep the model's false positives for later crops; 0 = off (reference)")
+    mine_after: int = _f(0, "sampling", "first mining round not before this step (an untrained model's false "
+                         "positives are everywhere and teach nothing)")
+    mine_volumes: int = _f(2, "sampling", "volumes per mining round")
+    mine_fraction: float = _f(0.25, "sampling", "share of crops centred on a mined false positive (once any)")
+    mine_overlap: float = _f(0.0, "sampling", "sliding-window overlap when mining")
     centre_jitter: float = _f(0.0, "sampling", "move lesion and hot crop centres by up to this fraction of half "
                               "a crop per axis, so lesions are not always central; 0 = reference")
 
@@ -65,6 +72,20 @@ class TrainConfig:
     rotate_p: float = _f(0.5, "augment", "probability of rotating a crop")
     flip_z: bool = _f(False, "augment", "random flip along z (head-foot)")
     flip_z_p: float = _f(0.5, "augment", "probability of flipping a crop")
+    scale_p: float = _f(0.0, "augment", "probability of anisotropic scaling (each axis its own factor)")
+    scale_range: List[float] = _f(lambda: [0.85, 1.15], "augment", "scale factor range per axis", factory=True)
+    elastic_p: float = _f(0.0, "augment", "probability of an elastic deformation")
+    elastic_voxels: float = _f(3.0, "augment", "std of the elastic control-point displacements, voxels")
+    pet_scale_p: float = _f(0.0, "augment", "probability of scaling all SUVs (calibration error)")
+    pet_scale_range: List[float] = _f(lambda: [0.8, 1.25], "augment", "SUV factor range", factory=True)
+    pet_blur_p: float = _f(0.0, "augment", "probability of blurring the PET (coarser resolution)")
+    pet_blur_sigma: List[float] = _f(lambda: [0.3, 1.2], "augment", "PET blur sigma range, voxels", factory=True)
+    pet_noise_p: float = _f(0.0, "augment", "probability of extra PET count noise")
+    pet_noise_sigma: List[float] = _f(lambda: [0.05, 0.3], "augment", "noise std range, x sqrt(SUV)",
+                                      factory=True)
+    ct_contrast_p: float = _f(0.0, "augment", "probability of scaling CT contrast")
+    ct_contrast_range: List[float] = _f(lambda: [0.85, 1.15], "augment", "CT contrast factor range",
+                                        factory=True)
 
     # [loss]
     ds_weights: List[float] = _f(lambda: [1.0, 1.0, 1.0, 1.0], "loss", "main, ds_up2, ds_up3, ds_enc4; "
@@ -137,8 +158,19 @@ class TrainConfig:
         need(0 <= self.hard_negative_fraction <= 1, "hard_negative_fraction must be in [0, 1]")
         need(self.hard_negative_suv > 0, "hard_negative_suv must be > 0")
         need(0 <= self.centre_jitter <= 1, "centre_jitter must be in [0, 1]")
+        need(self.mine_every >= 0 and self.mine_volumes >= 1 and self.mine_after >= 0,
+             "mine_every and mine_after must be >= 0, mine_volumes >= 1")
+        need(0 <= self.mine_fraction <= 1 and 0 <= self.mine_overlap < 1,
+             "mine_fraction must be in [0, 1], mine_overlap in [0, 1)")
         need(0 <= self.rotate_p <= 1 and 0 <= self.flip_z_p <= 1, "rotate_p and flip_z_p must be in [0, 1]")
         need(self.rotate_range_deg >= 0, "rotate_range_deg must be >= 0")
+        for name in ("scale", "elastic", "pet_scale", "pet_blur", "pet_noise", "ct_contrast"):
+            need(0 <= getattr(self, f"{name}_p") <= 1, f"{name}_p must be in [0, 1]")
+        for name in ("scale_range", "pet_scale_range", "pet_blur_sigma", "pet_noise_sigma", "ct_contrast_range"):
+            bounds = getattr(self, name)
+            need(len(bounds) == 2 and 0 <= bounds[0] <= bounds[1], f"{name} must be [low, high] with 0 <= low <= high")
+        need(min(self.scale_range) > 0 and min(self.pet_scale_range) > 0, "scale factors must be > 0")
+        need(self.elastic_voxels >= 0, "elastic_voxels must be >= 0")
         need(len(self.ds_weights) == 4 and all(w >= 0 for w in self.ds_weights) and sum(self.ds_weights) > 0,
              "ds_weights must be four non-negative numbers with a positive sum")
         need(all(w >= 0 for w in (self.ce_weight, self.dice_weight, self.seg_weight, self.recon_weight,

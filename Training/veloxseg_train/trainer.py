@@ -46,6 +46,7 @@ import torch.distributed as dist
 from . import augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .losses import LossParts, SDKTLoss
+from .mining import HardNegativePool, mine_volumes, pick_volumes
 from .model import VeloxSeg, VeloxSegConfig
 from .plots import plot_run
 from .sampling import CropSampler, epoch_plan
@@ -277,10 +278,11 @@ class Trainer:
                                    hard_negative_fraction=config.hard_negative_fraction,
                                    hot_threshold=self._normalised_pet(config.hard_negative_suv),
                                    centre_jitter=config.centre_jitter)
-        self.augment = augment.AugmentSettings.from_config(config)
+        self.augment = augment.AugmentSettings.from_config(config, self.dataset.normalization)
         self.steps_per_epoch = len(epoch_plan(len(self.train_store), 0, config.seed, config.volumes_per_step,
                                               config.steps_per_epoch, 0, self.dist.world_size))
         self.prefetcher = None if config.cache_volumes else Prefetcher(self.train_store, workers=2)
+        self.mined = HardNegativePool()
 
         # Optimisation
         self.net = self.model
@@ -362,6 +364,7 @@ class Trainer:
         self.best_epoch = int(state["best_epoch"])
         self.last_val = dict(state.get("last_val", {}))
         self.epoch_sums = [float(v) for v in state["epoch_sums"]]
+        self.mined.load_state_dict(state.get("mined", {}))
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         rng_states = state["rng"]
         if len(rng_states) == self.dist.world_size:
@@ -399,6 +402,7 @@ class Trainer:
             "elapsed_seconds": self.elapsed(),
             "rng": rng_states,
             "world_size": self.dist.world_size,
+            "mined": self.mined.state_dict(),
         }
 
     def save(self, names: List[str]) -> None:
@@ -455,12 +459,39 @@ class Trainer:
                 writer.writerows(rows)
 
     # ----------------------------------------------------------------- one step
+    def _crops(self, index: int):
+        """The crops of one planned volume; with mining on, each may instead come from a mined false positive."""
+        volume = self.prefetcher.get(index) if self.prefetcher else self.train_store[index]
+        if not self.config.mine_every:
+            return [(image, label) for image, label, _ in
+                    self.sampler.sample(volume, self.config.crops_per_volume, self.rng)]
+        crops = []
+        for _ in range(self.config.crops_per_volume):
+            mined = self.mined.draw(self.rng) if self.rng.random() < self.config.mine_fraction and \
+                len(self.mined) else None
+            if mined is not None:
+                source = self.train_store[mined[0]]
+                centre = tuple(int(i) for i in np.unravel_index(mined[1], source.shape))
+                crops.append(self.sampler.crop(source, self.sampler.jittered(centre, self.rng)))
+            else:
+                image, label, _ = self.sampler.sample(volume, 1, self.rng)[0]
+                crops.append((image, label))
+        return crops
+
+    def mine(self) -> None:
+        """A mining round (see mining.py): false positives of the current model on a few training volumes."""
+        indices = pick_volumes(len(self.train_store), self.config.mine_volumes, self.config.seed, self.global_step,
+                               self.dist.rank)
+        found = mine_volumes(self.model, self.train_store, indices, self.mined, self.config.patch_size, self.device,
+                             self.autocast, self.config.mine_overlap)
+        text = ", ".join(f"{name} {voxels} FP voxels" for name, voxels in found)
+        self.log(f"step {self.global_step}: mined {text}; pool {len(self.mined)} volumes")
+
     def make_batch(self, indices: List[int]):
         """Crops (and their augmentation) of the given volumes, as device tensors."""
         images, labels = [], []
         for index in indices:
-            volume = self.prefetcher.get(index) if self.prefetcher else self.train_store[index]
-            for image, label, _ in self.sampler.sample(volume, self.config.crops_per_volume, self.rng):
+            for image, label in self._crops(index):
                 params = augment.draw_params(self.augment, self.rng)
                 image_t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
                 label_t = torch.from_numpy(np.ascontiguousarray(label)).to(self.device, non_blocking=True)
@@ -603,6 +634,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{self.epoch_sums[0] / done if done else 0:.4f}", lr=f"{lr:.2e}",
                                 speed=f"{speed:.2f} patch/s", refresh=False)
                 bar.update(1)
+                if config.mine_every and self.global_step % config.mine_every == 0 and \
+                        self.global_step >= config.mine_after:
+                    self.mine()
                 if self.on_step:
                     self.on_step(self)
                 if self._agree_to_stop():

@@ -14,6 +14,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--lesion-free-fraction", type=float, default=0.15,
                         help="fraction of cases without lesions (default 0.15)")
+    parser.add_argument("--family", choices=("train", "held_out"), default="train",
+                        help="phantom family: train (default), or held_out: bodies, organs and imaging from "
+                             "ranges the train family never uses (validation of generalisation only)")
+    parser.add_argument("--backgrounds", type=Path, metavar="DIR",
+                        help="instead of phantoms: insert synthetic lesions into the real studies of DIR (one "
+                             "sub-folder per study: CT, PET in SUV, tumour mask), away from their tumour")
+    parser.add_argument("--background-split", type=float, nargs=3, default=(0.1, 0.15, 0), metavar=("VAL", "TEST",
+                        "SEED"), help="use only the studies `prepare` puts in its train split with these "
+                                      "--val-fraction, --test-fraction and --seed (default 0.1 0.15 0)")
     parser.add_argument("--force", action="store_true", help="write into a folder that already holds cases")
 
 
@@ -34,10 +43,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {out} already holds synthetic cases; choose another --out or pass --force",
               file=sys.stderr)
         return 2
-    config = PhantomConfig(lesion_free_fraction=args.lesion_free_fraction)
     bar = Progress("synth", args.count)
     try:
-        manifest = generate_dataset(out, args.count, args.seed, max(1, args.workers), config, bar.update)
+        if args.backgrounds:
+            from veloxseg_train.data.case import DataError
+            from veloxseg_train.data.real_background import training_backgrounds, write_real_background_dataset
+
+            val, test, split_seed = args.background_split
+            try:
+                backgrounds = training_backgrounds(args.backgrounds, val, test, int(split_seed))
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            if not backgrounds:
+                print(f"error: no study of {args.backgrounds} is in the train split", file=sys.stderr)
+                return 2
+            manifest = write_real_background_dataset(out, backgrounds, args.count, args.seed, bar.update)
+        else:
+            config = PhantomConfig.family(args.family, lesion_free_fraction=args.lesion_free_fraction)
+            manifest = generate_dataset(out, args.count, args.seed, max(1, args.workers), config, bar.update)
     finally:
         bar.close()
     print(f"wrote {manifest['count']} cases ({manifest['lesion_free_cases']} lesion-free) to {out} in "

@@ -8,7 +8,8 @@ clinical values, so every organ is a confounder of varying strength.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -47,6 +48,44 @@ TORSO_B = (46, 52, 70, 92, 100, 100, 95, 95, 95, 90, 78)
 TORSO_CY = (10, 12, 10, 5, 0, 0, 0, -5, 0, 5, 5)
 
 
+Interval = Tuple[float, float]
+Spec = Union[Interval, Sequence[Interval]]  # one interval, or several (drawn with equal odds)
+ORGANS = ("liver", "spleen", "kidney", "heart", "stomach", "bladder", "brain")
+
+
+def draw(rng: np.random.Generator, spec: Spec) -> float:
+    """Uniform draw from an interval, or from one of several intervals picked at random."""
+    if isinstance(spec[0], (int, float)):
+        lo, hi = spec
+    else:
+        lo, hi = spec[int(rng.integers(len(spec)))]
+    return float(rng.uniform(lo, hi))
+
+
+@dataclass(frozen=True)
+class AnatomyRanges:
+    """Ranges of the body build, organ sizes, positions and uptakes a phantom family draws from.
+
+    The training family (the defaults) is broad; `held_out()` draws from the tails outside it, so a model
+    validated on it meets bodies and organs it never saw.
+    """
+
+    height: Spec = (0.86, 1.1)
+    lean: Spec = (0.84, 1.14)
+    fat_mm: Spec = (3.0, 55.0)
+    belly: Spec = (1.0, 2.6)
+    organ_scale: Spec = (0.8, 1.22)  # per organ, per axis
+    organ_shift_mm: float = 15.0  # per organ, per axis, uniform in +-
+    uptake_scale: Spec = (0.75, 1.35)  # per organ uptake factor on the typical SUV
+
+    @classmethod
+    def held_out(cls) -> AnatomyRanges:
+        return cls(height=((0.78, 0.86), (1.1, 1.16)), lean=((0.76, 0.84), (1.14, 1.24)),
+                   fat_mm=((0.0, 3.0), (55.0, 80.0)), belly=(2.6, 3.2),
+                   organ_scale=((0.68, 0.8), (1.22, 1.4)), organ_shift_mm=25.0,
+                   uptake_scale=((0.6, 0.75), (1.35, 1.7)))
+
+
 @dataclass
 class Body:
     """The case's build: height scale, lean (organ) scale and subcutaneous fat thickness (mm)."""
@@ -56,6 +95,16 @@ class Body:
     fat: float
     belly: float  # extra abdominal fat factor
     scan_depth: float  # nominal d where the scan ends (mid-thigh to knee)
+    organ_scale: Dict[str, np.ndarray] = field(default_factory=dict)  # organ -> (sx, sy, sz)
+    organ_shift: Dict[str, np.ndarray] = field(default_factory=dict)  # organ -> mm (x, y, z)
+    uptake: Dict[str, float] = field(default_factory=dict)  # organ -> uptake factor
+
+    def organ(self, name: str, x: float, y: float, d: float, rx: float, ry: float, rz: float):
+        """(centre, radii) of an organ ellipsoid, with the case's own size and position for that organ."""
+        scale = self.organ_scale.get(name, np.ones(3))
+        shift = self.organ_shift.get(name, np.zeros(3))
+        centre = np.add(self.at(x, y, d), shift)
+        return centre, np.asarray(self.size(rx, ry, rz)) * scale
 
     def z(self, d):
         return -np.asarray(d, np.float32) * self.height
@@ -80,15 +129,15 @@ class Body:
         return float(a.max()), float((cy - b).min()), float((cy + b).max())
 
 
-def sample_tissue_values(rng: np.random.Generator) -> dict:
-    """Per-case (SUV, HU) of each tissue, around typical FDG PET/CT values."""
+def sample_tissue_values(rng: np.random.Generator, uptake_scale: Spec = (1.0, 1.0)) -> dict:
+    """Per-case (SUV, HU) of each tissue, around typical FDG PET/CT values (organ SUVs x a per-organ factor)."""
     u = rng.uniform
 
     def loguniform(lo, hi):
         return float(np.exp(u(np.log(lo), np.log(hi))))
 
     brain = u(7.0, 10.0)
-    return {
+    values = {
         AIR: (0.0, -1000.0), FAT: (u(0.25, 0.45), u(-110, -85)), MUSCLE: (u(0.6, 0.95), u(40, 55)),
         BONE: (u(0.4, 0.7), u(600, 900)), MARROW: (u(1.2, 1.9), u(180, 300)),
         YELLOW_MARROW: (u(0.4, 0.7), u(-60, 0)), DISC: (u(0.6, 0.9), u(70, 100)),
@@ -101,11 +150,20 @@ def sample_tissue_values(rng: np.random.Generator) -> dict:
         SALIVARY: (u(1.8, 3.5), u(-20, 30)), LYMPHOID: (u(2.0, 5.0), u(35, 45)),
         BROWN_FAT: (u(3.0, 10.0), u(-90, -60)), TABLE: (0.0, u(-300, 100)),
     }
+    for tissue in (BRAIN, BRAIN_WM, MYOCARDIUM, LIVER, SPLEEN, KIDNEY, STOMACH, BOWEL, SALIVARY, LYMPHOID, MARROW,
+                   BLOOD):
+        suv, hu = values[tissue]
+        values[tissue] = (suv * draw(rng, uptake_scale), hu)
+    return values
 
 
-def sample_body(rng: np.random.Generator) -> Body:
-    return Body(height=rng.uniform(0.9, 1.06), lean=rng.uniform(0.9, 1.08), fat=rng.uniform(5, 30),
-                belly=rng.uniform(1.0, 2.0), scan_depth=rng.uniform(930, 1060))
+def sample_body(rng: np.random.Generator, ranges: AnatomyRanges = AnatomyRanges()) -> Body:
+    body = Body(height=draw(rng, ranges.height), lean=draw(rng, ranges.lean), fat=draw(rng, ranges.fat_mm),
+                belly=draw(rng, ranges.belly), scan_depth=rng.uniform(930, 1060))
+    for organ in ORGANS:
+        body.organ_scale[organ] = np.array([draw(rng, ranges.organ_scale) for _ in range(3)], np.float32)
+        body.organ_shift[organ] = rng.uniform(-1, 1, 3).astype(np.float32) * ranges.organ_shift_mm
+    return body
 
 
 def _outline(cv: Canvas, body: Body, table_y: float, rng: np.random.Generator) -> None:
@@ -128,8 +186,9 @@ def _outline(cv: Canvas, body: Body, table_y: float, rng: np.random.Generator) -
     # Head (soft tissue over the skull), then skull and brain.
     cv.paint(cv.ellipsoid(body.at(0, 5, 110), body.size(76, 93, 112)), MUSCLE)
     cv.paint(cv.ellipsoid(body.at(0, 8, 88), body.size(70, 88, 72)), BONE)
-    cv.paint(cv.ellipsoid(body.at(0, 8, 88), body.size(63, 81, 65)), BRAIN)
-    cv.paint(cv.ellipsoid(body.at(0, 10, 85), body.size(40, 55, 38)), BRAIN_WM)
+    brain_scale = np.minimum(body.organ_scale.get("brain", np.ones(3)), 1.0)  # the skull bounds the brain
+    cv.paint(cv.ellipsoid(body.at(0, 8, 88), np.asarray(body.size(63, 81, 65)) * brain_scale), BRAIN)
+    cv.paint(cv.ellipsoid(body.at(0, 10, 85), np.asarray(body.size(40, 55, 38)) * brain_scale), BRAIN_WM)
 
 
 def _chest(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
@@ -142,9 +201,9 @@ def _chest(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
     for _ in range(60):
         centre = body.at(rng.choice((-1, 1)) * rng.uniform(30, 110), rng.uniform(-60, 60), rng.uniform(300, 480))
         cv.paint(cv.ellipsoid(centre, [rng.uniform(1.5, 3.5)] * 3), BLOOD, only=(LUNG,))
-    heart_c = body.at(25, -25, 455)
-    cv.paint(cv.ellipsoid(heart_c, body.size(56, 50, 56)), MYOCARDIUM)
-    cv.paint(cv.ellipsoid(heart_c, np.array(body.size(56, 50, 56)) - 11), BLOOD)
+    heart_c, heart_r = body.organ("heart", 25, -25, 455, 56, 50, 56)
+    cv.paint(cv.ellipsoid(heart_c, heart_r), MYOCARDIUM)
+    cv.paint(cv.ellipsoid(heart_c, heart_r - rng.uniform(8, 14)), BLOOD)
     # Descending aorta, iliac arteries and the inferior vena cava.
     cv.paint(cv.tube(body.z([760, 340]), [18 * body.lean] * 2, [35 * body.lean] * 2, [12, 12], [12, 12]),
              BLOOD)
@@ -162,18 +221,20 @@ def _abdomen(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
     rb = np.array([70, 72, 68, 55], np.float32) * body.lean
     cv.paint(cv.tube(body.z(abd_d)[::-1], [0] * 4, [-10 * body.lean] * 4, ra[::-1], rb[::-1]), FAT,
              only=(MUSCLE,))  # visceral fat around the bowel and nodes
-    cv.paint(cv.ellipsoid(body.at(-65, 0, 545), body.size(95, 88, 80)), LIVER)
-    cv.paint(cv.ellipsoid(body.at(10, -40, 520), body.size(55, 40, 40)), LIVER)
-    cv.paint(cv.ellipsoid(body.at(-60, -55, 590), body.size(15, 15, 30)), FLUID)  # gallbladder
-    cv.paint(cv.ellipsoid(body.at(95, 45, 550), body.size(32, 48, 55)), SPLEEN)
-    stomach_c, stomach_r = body.at(55, -35, 545), np.array(body.size(45, 38, 45))
+    cv.paint(cv.ellipsoid(*body.organ("liver", -65, 0, 545, 95, 88, 80)), LIVER)
+    cv.paint(cv.ellipsoid(*body.organ("liver", 10, -40, 520, 55, 40, 40)), LIVER)
+    cv.paint(cv.ellipsoid(*body.organ("liver", -60, -55, 590, 15, 15, 30)), FLUID)  # gallbladder
+    cv.paint(cv.ellipsoid(*body.organ("spleen", 95, 45, 550, 32, 48, 55)), SPLEEN)
+    stomach_c, stomach_r = body.organ("stomach", 55, -35, 545, 45, 38, 45)
     cv.paint(cv.ellipsoid(stomach_c, stomach_r), STOMACH)
     cv.paint(cv.ellipsoid(stomach_c, stomach_r - 7), FLUID)
     cv.paint(cv.ellipsoid(np.add(stomach_c, (0, -18, 10)), stomach_r * 0.5), GAS, only=(FLUID,))
     for side in (-1, 1):
-        cv.paint(cv.ellipsoid(body.at(side * 70, 50, 635), body.size(28, 28, 55)), KIDNEY)
-        cv.paint(cv.ellipsoid(body.at(side * 55, 42, 640), body.size(10, 10, 20)), URINE,
-                 suv=cv.defaults[URINE][0] * u(0.5, 1.5))
+        kidney_c, kidney_r = body.organ("kidney", side * 70, 50, 635 + u(-20, 20), 28, 28, 55)
+        cv.paint(cv.ellipsoid(kidney_c, kidney_r), KIDNEY)
+        pelvis_c = np.add(kidney_c, (-side * 15 * body.lean, -8, -5))
+        cv.paint(cv.ellipsoid(pelvis_c, np.asarray(body.size(10, 10, 20)) * u(0.5, 1.4)), URINE,
+                 suv=cv.defaults[URINE][0] * u(0.3, 1.5))
     # Bowel: loops of patchy uptake, some with gas, in the visceral fat.
     for _ in range(int(rng.integers(25, 45))):
         centre = body.at(u(-105, 105), u(-75, 20), u(600, 800))
@@ -183,9 +244,9 @@ def _abdomen(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
                  hu=u(10, 40), only=(FAT, MUSCLE))
         if gas:
             cv.paint(cv.ellipsoid(centre, np.array(radii) * 0.6), GAS, only=(BOWEL,))
-    fill = u(0.6, 1.3)
-    cv.paint(cv.ellipsoid(body.at(0, -35, 845), body.size(40 * fill, 35 * fill, 32 * fill)), URINE,
-             suv=float(np.exp(u(np.log(8.0), np.log(50.0)))))  # bladder
+    fill = u(0.4, 1.5)
+    bladder_c, bladder_r = body.organ("bladder", 0, -35, 845, 40 * fill, 35 * fill, 32 * fill)
+    cv.paint(cv.ellipsoid(bladder_c, bladder_r), URINE, suv=float(np.exp(u(np.log(4.0), np.log(80.0)))))
 
 
 def _skeleton(cv: Canvas, body: Body) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 
 # Tissue codes of the phantom (uint8).
 AIR, FAT, MUSCLE, BONE, MARROW, YELLOW_MARROW, DISC, BRAIN, BRAIN_WM, LUNG, BLOOD, MYOCARDIUM, LIVER, \
-    SPLEEN, KIDNEY, URINE, STOMACH, FLUID, GAS, BOWEL, SALIVARY, LYMPHOID, BROWN_FAT, TABLE, LESION = range(25)
+    SPLEEN, KIDNEY, URINE, STOMACH, FLUID, GAS, BOWEL, SALIVARY, LYMPHOID, BROWN_FAT, TABLE, LESION, GLAND, \
+    THYROID, METAL, HOT_SPOT = range(29)
 
 Region = Tuple[Tuple[slice, slice, slice], np.ndarray]  # (block slices z, y, x; boolean mask of the block)
 
@@ -86,6 +87,14 @@ class Canvas:
         q = ((x - ccx[:, None, None]) / rrx[:, None, None]) ** 2 + \
             ((y - ccy[:, None, None]) / rry[:, None, None]) ** 2
         return sl, q <= 1.0
+
+    def add_uptake(self, region: Optional[Region], suv: float) -> None:
+        """Raise FDG uptake inside `region` to at least `suv`, leaving tissue and CT as they are (contamination,
+        tracer in a vein: seen on PET only)."""
+        if region is None:
+            return
+        sl, mask = region
+        np.maximum(self.suv[sl], np.where(mask, np.float32(suv), 0), out=self.suv[sl])
 
     def paint(self, region: Optional[Region], tissue: int, suv: Optional[float] = None,
               hu: Optional[float] = None, only: Optional[Iterable[int]] = None) -> None:

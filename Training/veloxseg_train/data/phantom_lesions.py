@@ -1,8 +1,11 @@
 """Lesions of the synthetic phantom: where they go, how big and how hot they are, and the truth mask.
 
-Sites: lung, liver, the lymph-node stations, bone marrow and soft tissue. Diameters 3-30 mm; uptake from
-barely visible (1.4-1.8x the local background) to very hot (SUV 20); large lesions are sometimes necrotic
-(a cold core inside the labelled outline). Lesions do not touch each other, so each is one component.
+Sites: lung, liver, spleen, the lymph-node stations, bone marrow, soft tissue, and soft tissue next to hot
+organs (kidneys, urine, heart, bowel, stomach: the lesions a model most easily merges with physiological
+uptake). Diameters 3-30 mm; uptake from barely visible (1.4-1.8x the local background) to very hot (SUV 20);
+shapes from ellipsoids to lobulated (up to two overlapping lobes), uptake smooth or heterogeneous; large
+lesions are sometimes necrotic (a cold core inside the labelled outline). Lesions do not touch each other,
+so each is one component.
 """
 
 from __future__ import annotations
@@ -11,31 +14,44 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
+from scipy import ndimage
 
 from .phantom_anatomy import Body, node_stations
 from .phantom_canvas import (
     AIR,
     BONE,
+    BOWEL,
     BRAIN,
     BRAIN_WM,
     FAT,
     GAS,
+    KIDNEY,
     LESION,
     LIVER,
     LUNG,
     MARROW,
+    METAL,
     MUSCLE,
+    MYOCARDIUM,
+    SPLEEN,
+    STOMACH,
     TABLE,
+    URINE,
     YELLOW_MARROW,
     Canvas,
 )
 
-SITE_WEIGHTS = {"lung": 0.2, "liver": 0.15, "node": 0.35, "bone": 0.15, "soft": 0.15}
-SITE_TISSUES = {"lung": (LUNG,), "liver": (LIVER,), "bone": (MARROW, YELLOW_MARROW), "soft": (MUSCLE, FAT)}
-MIN_DIAMETER = {"lung": 3.0, "liver": 5.0, "node": 6.0, "bone": 5.0, "soft": 8.0}
+SITE_WEIGHTS = {"lung": 0.18, "liver": 0.13, "spleen": 0.04, "node": 0.3, "bone": 0.13, "soft": 0.12,
+                "near_hot": 0.1}
+SITE_TISSUES = {"lung": (LUNG,), "liver": (LIVER,), "spleen": (SPLEEN,), "bone": (MARROW, YELLOW_MARROW),
+                "soft": (MUSCLE, FAT), "near_hot": (MUSCLE, FAT)}
+HOT_ORGANS = (KIDNEY, URINE, MYOCARDIUM, BOWEL, STOMACH)
+NEAR_HOT_MM = 15.0  # "next to a hot organ": within this distance of one
+MIN_DIAMETER = {"lung": 3.0, "liver": 5.0, "spleen": 5.0, "node": 6.0, "bone": 5.0, "soft": 8.0,
+                "near_hot": 6.0}
 MAX_DIAMETER = 30.0
 BARELY_VISIBLE_FRACTION = 0.15
-NODE_FORBIDDEN = (AIR, TABLE, LUNG, BONE, MARROW, GAS, BRAIN, BRAIN_WM, LESION)
+NODE_FORBIDDEN = (AIR, TABLE, LUNG, BONE, MARROW, GAS, BRAIN, BRAIN_WM, LESION, METAL)
 MIN_GAP_MM = 6.0
 SHELL_MM = (4.0, 10.0)  # background ring around a lesion, for its contrast
 
@@ -50,6 +66,8 @@ class Lesion:
     background_suv: float
     kind: str  # "barely" (1.4-1.8x background) or "clear"
     necrotic: bool
+    lobes: int = 1  # 1 = ellipsoid; 2-3 = lobulated
+    heterogeneity: float = 0.0  # relative spread of the patchy uptake (0 = smooth)
     voxels: int = 0
     contrast: float = 0.0  # blurred lesion mean / blurred background ring median, noise-free
     visible: bool = False  # "clear" and contrast >= 1.5 after blur
@@ -77,6 +95,11 @@ class _Candidates:
     def sample(self, site: str, rng: np.random.Generator) -> Optional[np.ndarray]:
         if site not in self.cache:
             mask = np.isin(self.cv.tissue, SITE_TISSUES[site])
+            if site == "near_hot":
+                step = min(float(a[1] - a[0]) for a in (self.cv.x, self.cv.y, self.cv.z))
+                near = ndimage.binary_dilation(np.isin(self.cv.tissue, HOT_ORGANS),
+                                               iterations=max(1, int(round(NEAR_HOT_MM / step))))
+                mask &= near
             # Soft-tissue and bone lesions below the neck (no skull or scalp lesions).
             mask[self.cv.z > self.body.z(250)] = False
             self.cache[site] = np.flatnonzero(mask)
@@ -104,14 +127,26 @@ def _lesion_ct(site: str, cv: Canvas, rng: np.random.Generator) -> float:
 def _draw_one(cv: Canvas, label: np.ndarray, lesion: Lesion, rng: np.random.Generator) -> int:
     """Paint the lesion into uptake, HU and the label; returns its voxel count (at least 1)."""
     spacing = max(float(a[1] - a[0]) for a in (cv.x, cv.y, cv.z))
-    grow = max(1.0, spacing / (2.0 * min(lesion.radii)) + 0.01)  # the block holds at least one voxel
+    lobed = lesion.lobes > 1
+    grow = max(1.9 if lobed else 1.0, spacing / (2.0 * min(lesion.radii)) + 0.01)  # holds >= 1 voxel
     sl, q = cv.ellipsoid_q(lesion.centre, lesion.radii, grow=grow)
+    if lobed:  # further lobes overlapping the first: q is the smallest normalised radius of any lobe
+        x, y, z = cv.coords(sl)
+        for _ in range(lesion.lobes - 1):
+            direction = rng.standard_normal(3)
+            offset = direction / np.linalg.norm(direction) * np.asarray(lesion.radii) * rng.uniform(0.5, 0.9)
+            radii = np.asarray(lesion.radii) * rng.uniform(0.5, 0.8, 3)
+            q = np.minimum(q, _q(x, y, z, np.add(lesion.centre, offset), radii))
     inside = q <= 1.0
     if not inside.any():
         # Smaller than a voxel: the voxel nearest its centre carries it, in the image and in the label.
         inside = q == q.min()
         q = np.zeros_like(q)
-    uptake = lesion.suv_max * (1.0 - 0.25 * q)  # peaked towards the centre
+    uptake = lesion.suv_max * (1.0 - 0.25 * np.minimum(q, 1.0))  # peaked towards the centre
+    if lesion.heterogeneity > 0:  # patchy uptake, never below the background
+        patches = ndimage.gaussian_filter(rng.standard_normal(q.shape).astype(np.float32), 1.0)
+        patches /= max(float(patches.std()), 1e-6)
+        uptake = np.maximum(uptake * (1.0 + lesion.heterogeneity * patches), lesion.background_suv)
     hu = _lesion_ct(lesion.site, cv, rng)
     hu_map = np.full_like(q, hu)
     if lesion.necrotic:
@@ -162,8 +197,10 @@ def place_lesions(cv: Canvas, body: Body, label: np.ndarray, count: int,
                 low = max(2.5, 2.5 * background)
                 kind, suv_max = "clear", _log_uniform(rng, low, max(20.0, 1.2 * low))
             necrotic = 2 * radius >= 15.0 and rng.random() < 0.35
+            lobes = int(rng.choice([1, 2, 3], p=[0.6, 0.28, 0.12])) if 2 * radius >= 8.0 else 1
+            heterogeneity = float(rng.uniform(0.1, 0.35)) if rng.random() < 0.4 else 0.0
             lesion = Lesion(site, station, tuple(float(c) for c in centre), tuple(float(r) for r in radii),
-                            float(suv_max), background, kind, bool(necrotic))
+                            float(suv_max), background, kind, bool(necrotic), lobes, heterogeneity)
             lesion.voxels = _draw_one(cv, label, lesion, rng)
             lesions.append(lesion)
             break
