@@ -12,8 +12,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import hot_voxel_pet, make_image, phantom
 
-from VeloxSegSlicerLib.engine import batch_study
-from VeloxSegSlicerLib.engine import cli
+from VeloxSegSlicerLib.engine import batch_study, cli
 from VeloxSegSlicerLib.engine.errors import InputError
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
