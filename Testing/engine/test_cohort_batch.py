@@ -302,3 +302,11 @@ def test_dask_worker_killed_mid_study_the_study_runs_elsewhere(cohort, sequentia
     _assert_same_results(output, sequential)
     assert not _partial_files(output)
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_without_dask_the_scheduler_option_says_how_to_install_it(cohort, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask[distributed] were not installed
+    code, out, err = _run_cli(capsys, "batch", "--input", cohort, "--output", tmp_path / "o", "--scheduler",
+                              "tcp://127.0.0.1:1")
+    assert code == 2 and 'pip install "veloxseg[cluster]"' in err
+    assert not (tmp_path / "o" / "summary.csv").exists()  # refused before any study

@@ -269,6 +269,10 @@ def run_batch(input_dir, output_dir, model=None, options: Optional[SegmentOption
     if not studies:
         raise InputError(f"Input folder '{input_dir}' has no study subfolders.")
     spec, loaded = _model_spec(model, device, threads)
+    if scheduler:  # before any study: a missing optional dependency is a usage error, not a batch result
+        from .batch_dask import import_distributed
+
+        import_distributed()
 
     stderr = stderr or sys.stderr
     display = CohortProgress(len(studies), stdout=stdout, stderr=stderr) if show_progress else None
