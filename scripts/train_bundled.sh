@@ -1,32 +1,64 @@
 #!/usr/bin/env bash
-# Reproduce the bundled weights end to end on a CPU (or a GPU if present): phantoms, data preparation,
-# the training run, the SDKT ablation, evaluation against the threshold baselines, and the ONNX export.
-#   IBSI=/path/to/ibsi-sts/cases scripts/train_bundled.sh
+# Make (or go on making) the bundled weights: one long training run that every session continues, on this
+# machine or a fresh one, from the state kept in the repository.
+#   scripts/train_bundled.sh                  # data if missing, then train for TRAIN_MINUTES (default 100)
+#   TRAIN_MINUTES=30 EXPORT_VERSION=0.4.1 scripts/train_bundled.sh   # ... then export and evaluate
+# Environment: IBSI (the IBSI cases, default ../shared/data/ibsi-sts/cases), TRAIN_MINUTES, EXPORT_VERSION.
+#
+# The data are deterministic by seed (phantoms, lesions in the IBSI backgrounds, splits), so a fresh machine
+# rebuilds exactly the volumes the run was trained on. The run's state (weights, optimiser, schedule,
+# position, RNG streams, mined false positives: Training/runs/wholebody/state.pt, replaced at every stop)
+# and its logs (VeloxSegSlicer/Resources/Models/training/) are in the repository: commit them after a
+# session and the next one resumes exactly where this one stopped.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 "$root/scripts/setup.sh" all
 bin="$root/.venv/bin"
 ibsi="${IBSI:-$root/../shared/data/ibsi-sts/cases}"
+minutes="${TRAIN_MINUTES:-100}"
+state="Training/runs/wholebody/state.pt"
+logs="VeloxSegSlicer/Resources/Models/training"
+run="work-data/runs/wholebody"
 
-"$bin/veloxseg-train" synth --out work-data/synth --count 60 --seed 0 --workers 2
-"$bin/veloxseg-train" prepare --out work-data/prep --synthetic work-data/synth --cases "$ibsi" \
-    --val-fraction 0.1 --test-fraction 0.15 --seed 0 --workers 2
-# stage 1 (500 steps from random weights), then stage 2 (from stage 1's weights, hard-negative crops,
-# jittered crop centres)
-"$bin/veloxseg-train" train --config Training/configs/bundled.toml
-"$bin/veloxseg-train" train --config Training/configs/bundled_stage2.toml
-# the SDKT ablation: the same short run with and without the Gram term, side by side
-"$bin/veloxseg-train" train --config Training/configs/ablation_sdkt.toml &
-"$bin/veloxseg-train" train --config Training/configs/ablation_no_sdkt.toml
-wait
-for run in ablation_sdkt ablation_no_sdkt; do
-  "$bin/veloxseg-train" evaluate --model "work-data/runs/$run/checkpoints/last.pt" --cases work-data/prep \
-      --split test --out "work-data/eval/$run"
-done
-"$bin/veloxseg-train" export work-data/runs/bundled_stage2/checkpoints/last.pt \
-    --out VeloxSegSlicer/Resources/Models/veloxseg.onnx --model-version 0.3.2 \
-    --data "60 synthetic whole-body phantoms (seed 0) + 29 IBSI STS cases; split train/val/test per source (seed 0); stage 1 (bundled.toml, 500 steps) then stage 2 (bundled_stage2.toml, 1000 steps, hard-negative crops, centre jitter 0.9)"
-# the shipped model itself (ONNX through the inference engine) on the held-out cases
-"$bin/veloxseg-train" evaluate --model VeloxSegSlicer/Resources/Models/veloxseg.json --cases work-data/prep \
-    --split test --out work-data/eval/bundled_stage2 --threads 0
+# 1. data (skipped when present)
+if [ ! -f work-data/prep2/dataset.json ]; then
+  "$bin/veloxseg-train" synth --out work-data/synth2 --count 160 --seed 0 --workers 2 --force
+  "$bin/veloxseg-train" synth --out work-data/realbg --count 66 --seed 0 --backgrounds "$ibsi" \
+      --background-split 0.1 0.15 0 --force
+  "$bin/veloxseg-train" prepare --out work-data/prep2 --synthetic work-data/synth2 --synthetic work-data/realbg \
+      --cases "$ibsi" --val-fraction 0.1 --test-fraction 0.15 --seed 0 --workers 2 --force
+fi
+if [ ! -f work-data/heldout/manifest.json ]; then  # validation only: phantoms of the held-out family
+  "$bin/veloxseg-train" synth --out work-data/heldout --count 20 --seed 1000 --family held_out \
+      --lesion-free-fraction 0.2 --workers 2 --force
+fi
+
+# 2. train: continue this machine's run, else the repository's state, else start
+resume=()
+if [ -f "$run/checkpoints/last.pt" ]; then
+  resume=(--resume "$run/checkpoints/last.pt")
+elif [ -f "$state" ]; then
+  mkdir -p "$run/checkpoints"
+  cp "$state" "$run/checkpoints/last.pt"
+  cp "$logs"/log_*.csv "$run/" 2>/dev/null || true
+  resume=(--resume "$run/checkpoints/last.pt")
+fi
+nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" --time-budget "$minutes"
+
+# 3. keep the state and the logs in the repository (replace, never add)
+mkdir -p "$(dirname "$state")" "$logs"
+cp "$run/checkpoints/last.pt" "$state.tmp" && mv "$state.tmp" "$state"
+cp "$run"/log_steps.csv "$run"/log_epochs.csv "$logs/"
+cp "$run"/plots/*.png "$logs/" 2>/dev/null || true
+
+# 4. optionally export the weights as the bundled model and evaluate it (real held-out, both phantom families)
+if [ -n "${EXPORT_VERSION:-}" ]; then
+  "$bin/veloxseg-train" export "$run/checkpoints/last.pt" --out VeloxSegSlicer/Resources/Models/veloxseg.onnx \
+      --model-version "$EXPORT_VERSION" \
+      --data "160 phantoms of the training family (seed 0) + 66 IBSI train-split studies with inserted synthetic lesions + 29 IBSI STS studies; split train/val/test per source (seed 0); recipe Training/configs/wholebody.toml"
+  model=VeloxSegSlicer/Resources/Models/veloxseg.json
+  "$bin/veloxseg-train" evaluate --model "$model" --cases work-data/prep2 --split test --out work-data/eval/test \
+      --threads 0
+  "$bin/veloxseg-train" evaluate --model "$model" --cases work-data/heldout --out work-data/eval/heldout --threads 0
+fi

@@ -38,7 +38,8 @@ BODY_CT_HU = -500.0
 BASELINES = ("suv2.5", "suv4.0", "suv41", "suv41_cc")
 DEFAULT_SPACING_XYZ_MM = (2.036, 2.036, 3.0)
 METRIC_COLUMNS = ["dice", "hd95_mm", "precision", "recall", "fp_volume_ml", "fn_volume_ml", "true_volume_ml",
-                  "pred_volume_ml", "tp_voxels", "fp_voxels", "fn_voxels"]
+                  "pred_volume_ml", "tp_voxels", "fp_voxels", "fn_voxels", "true_lesions", "found_lesions",
+                  "pred_components", "reported_lesions"]
 
 
 class EvaluationError(ValueError):
@@ -190,25 +191,55 @@ def threshold_baselines(pet: np.ndarray, ct: np.ndarray) -> Dict[str, np.ndarray
     return masks
 
 
-def predict_on_label_grid(case: EvalCase, model, overlap: float, min_lesion_ml: float,
-                          blending: str) -> np.ndarray:
+@dataclass(frozen=True)
+class TableRule:
+    """Which lesions the lesion table reports: at least `min_ml` (MTV) and an SUVmax of at least `min_suv_max`."""
+
+    min_ml: float = 0.0
+    min_suv_max: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"model[ml>={self.min_ml:g},suvmax>={self.min_suv_max:g}]"
+
+    def keeps(self, lesion) -> bool:
+        return lesion.mtv_ml >= self.min_ml and lesion.suv_max >= self.min_suv_max
+
+
+def predict_lesions(case: EvalCase, model, overlap: float, blending: str):
+    """(lesion ids on the label grid, the engine's per-lesion statistics): every lesion the network finds."""
     from VeloxSegSlicerLib.engine import SegmentOptions, VeloxSegError, segment_study
 
     try:
-        result = segment_study(case.ct, case.pet, model, SegmentOptions(overlap=overlap, blending=blending,
-                                                                        min_lesion_ml=min_lesion_ml))
+        result = segment_study(case.ct, case.pet, model, SegmentOptions(overlap=overlap, blending=blending))
     except VeloxSegError as error:
         raise EvaluationError(f"case {case.name}: {error}") from None
     source = result.label_ct if _same_grid(case.label, case.ct) else result.label_pet
-    return on_grid(source, case.label, 0, nearest=True) > 0
+    return on_grid(source, case.label, 0, nearest=True), result.lesions
+
+
+def apply_rule(ids: np.ndarray, lesions, rule: TableRule):
+    """(mask, reported lesion count) of the lesions `rule` keeps."""
+    kept = [lesion.id for lesion in lesions if rule.keeps(lesion)]
+    return np.isin(ids, kept) if kept else np.zeros(ids.shape, bool), len(kept)
+
+
+def predict_on_label_grid(case: EvalCase, model, overlap: float, min_lesion_ml: float,
+                          blending: str) -> np.ndarray:
+    ids, lesions = predict_lesions(case, model, overlap, blending)
+    return apply_rule(ids, lesions, TableRule(min_lesion_ml))[0]
 
 
 # --------------------------------------------------------------------------- the whole evaluation
 def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path, device: str = "cpu",
              threads: int = 1, split: Optional[str] = None, overlap: float = 0.25, min_lesion_ml: float = 0.0,
              blending: str = "uniform", spacing_xyz_mm: Optional[Sequence[float]] = None,
-             log=print) -> Dict[str, Dict[str, float]]:
-    """Write per_case.csv, summary.csv and summary.json into out_dir; return the summary."""
+             log=print, min_suv_max: float = 0.0,
+             rules: Sequence[TableRule] = ()) -> Dict[str, Dict[str, float]]:
+    """Write per_case.csv, summary.csv and summary.json into out_dir; return the summary.
+
+    "model" keeps the lesions of (min_lesion_ml, min_suv_max); each of `rules` adds a method that keeps
+    those of its own rule, from the same network output (one run per case)."""
     model = load_any_model(model_path, device, threads, spacing_xyz_mm)
     if getattr(model, "spacing_note", ""):
         log(f"Warning: {model.spacing_note}")
@@ -219,14 +250,20 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
         truth = sitk.GetArrayFromImage(case.label) > 0
         spacing_zyx = tuple(reversed(case.label.GetSpacing()))
         started = time.perf_counter()
-        masks = {"model": predict_on_label_grid(case, model, overlap, min_lesion_ml, blending)}
+        ids, lesions = predict_lesions(case, model, overlap, blending)
         seconds = time.perf_counter() - started
+        reported = {}
+        masks = {}
+        for rule in [TableRule(min_lesion_ml, min_suv_max), *rules]:
+            name = "model" if not masks else rule.name
+            masks[name], reported[name] = apply_rule(ids, lesions, rule)
         pet = on_grid(case.pet, case.label, 0.0)
         ct = on_grid(case.ct, case.label, -1000.0)
         masks.update(threshold_baselines(pet, ct))
         for method, mask in masks.items():
             row = {"case": case.name, "source": case.source, "method": method,
                    **case_metrics(mask, truth, spacing_zyx)}
+            row["reported_lesions"] = reported.get(method, row["pred_components"])
             row["seconds"] = seconds if method == "model" else ""
             rows.append(row)
         model_row = rows[-len(masks)]
@@ -237,7 +274,7 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
     _write_csv(out_dir / "per_case.csv", ["case", "source", "method", *METRIC_COLUMNS, "seconds"], rows)
 
     summary: Dict[str, Dict[str, float]] = {}
-    methods = ["model", *BASELINES]
+    methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     sources = sorted({str(r["source"]) for r in rows})
     groups = ["all"] + (sources if len(sources) > 1 else [])
     for group in groups:
@@ -251,14 +288,15 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
     _write_csv(out_dir / "summary.csv", columns, summary_rows)
     (out_dir / "summary.json").write_text(json.dumps({
         "model": str(model_path), "cases": str(cases_dir), "split": split, "overlap": overlap,
-        "min_lesion_ml": min_lesion_ml, "blending": blending, "summary": _finite(summary)}, indent=2))
+        "min_lesion_ml": min_lesion_ml, "min_suv_max": min_suv_max, "rules": [r.name for r in rules],
+        "blending": blending, "summary": _finite(summary)}, indent=2))
     log(format_table(summary))
     return summary
 
 
 SUMMARY_ORDER = ["cases", "positive_cases", "negative_cases", "dice", "dice_pos", "hd95_mm", "hd95_mm_pos",
-                 "precision", "recall", "recall_pos", "fp_volume_ml", "fp_volume_ml_neg", "fn_volume_ml",
-                 "fn_volume_ml_pos"]
+                 "precision", "recall", "recall_pos", "lesion_sensitivity", "fp_volume_ml", "fp_volume_ml_neg",
+                 "reported_lesions", "reported_lesions_neg", "fn_volume_ml", "fn_volume_ml_pos"]
 
 
 def _summary_order(key: str) -> int:
@@ -267,15 +305,16 @@ def _summary_order(key: str) -> int:
 
 def format_table(summary: Dict[str, Dict[str, float]]) -> str:
     """A plain-text table: one line per group/method."""
-    keys = ["cases", "dice_pos", "dice", "hd95_mm_pos", "precision", "recall", "fp_volume_ml_neg",
-            "fp_volume_ml", "fn_volume_ml"]
-    lines = ["group/method".ljust(28) + "".join(k.rjust(17) for k in keys)]
+    keys = ["cases", "dice_pos", "dice", "lesion_sensitivity", "fp_volume_ml_neg", "reported_lesions_neg",
+            "fp_volume_ml", "reported_lesions", "hd95_mm_pos"]
+    width = max([28] + [len(name) + 2 for name in summary])
+    lines = ["group/method".ljust(width) + "".join(k.rjust(21) for k in keys)]
     for name, values in summary.items():
         cells = []
         for key in keys:
             value = values.get(key, math.nan)
-            cells.append(("-" if isinstance(value, float) and math.isnan(value) else f"{value:.4g}").rjust(17))
-        lines.append(name.ljust(28) + "".join(cells))
+            cells.append(("-" if isinstance(value, float) and math.isnan(value) else f"{value:.4g}").rjust(21))
+        lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)
 
 

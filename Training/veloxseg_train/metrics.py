@@ -83,6 +83,16 @@ def false_negative_volume(pred: np.ndarray, truth: np.ndarray, voxel_ml: float) 
     return false_positive_volume(truth, pred, voxel_ml)
 
 
+def lesion_counts(pred: np.ndarray, truth: np.ndarray) -> Dict[str, int]:
+    """Lesion-level counts (18-connected components): true lesions, those touched by the prediction, and
+    predicted components (what a lesion table would list, up to the engine's own connectivity)."""
+    true_components, n_true = ndimage.label(truth, structure=_CONNECTIVITY_18)
+    found = np.unique(true_components[truth & pred])
+    _, n_pred = ndimage.label(pred, structure=_CONNECTIVITY_18)
+    return {"true_lesions": int(n_true), "found_lesions": int(np.count_nonzero(found)),
+            "pred_components": int(n_pred)}
+
+
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, float]:
     """All metrics of one case, plus voxel counts and volumes, as a flat dict."""
     pred = np.asarray(pred).astype(bool, copy=False)
@@ -103,6 +113,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[floa
         "tp_voxels": tp,
         "fp_voxels": int(np.count_nonzero(pred)) - tp,
         "fn_voxels": int(np.count_nonzero(truth)) - tp,
+        **lesion_counts(pred, truth),
     }
 
 
@@ -125,4 +136,11 @@ def summarize(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
     for key in ("dice", "hd95_mm", "recall", "fn_volume_ml"):
         summary[f"{key}_pos"] = mean(r[key] for r in positive)
     summary["fp_volume_ml_neg"] = mean(r["fp_volume_ml"] for r in negative)
+    if rows and "true_lesions" in rows[0]:
+        true_lesions = sum(int(r["true_lesions"]) for r in rows)
+        summary["lesion_sensitivity"] = (sum(int(r["found_lesions"]) for r in rows) / true_lesions
+                                         if true_lesions else math.nan)
+        reported = "reported_lesions" if "reported_lesions" in rows[0] else "pred_components"
+        summary["reported_lesions"] = mean(float(r[reported]) for r in rows)
+        summary["reported_lesions_neg"] = mean(float(r[reported]) for r in negative)
     return summary

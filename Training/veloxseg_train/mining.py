@@ -26,7 +26,7 @@ from .training_data import VolumeStore
 class HardNegativePool:
     """False-positive voxels (flat indices into each volume's padded grid) of recently mined volumes."""
 
-    def __init__(self, max_volumes: int = 64, max_voxels: int = 4000):
+    def __init__(self, max_volumes: int = 32, max_voxels: int = 2000):
         self.max_volumes = max_volumes
         self.max_voxels = max_voxels
         self.entries: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -41,7 +41,7 @@ class HardNegativePool:
         if flat.size:
             if flat.size > self.max_voxels:  # evenly thinned: every false-positive region stays represented
                 flat = flat[:: -(-flat.size // self.max_voxels)]
-            self.entries[index] = flat.astype(np.int64)
+            self.entries[index] = flat.astype(np.int32)  # small in the checkpoint (< 256 KB in all)
             while len(self.entries) > self.max_volumes:
                 self.entries.popitem(last=False)
         return int(np.count_nonzero(false_positive))
@@ -57,7 +57,7 @@ class HardNegativePool:
         return {str(k): torch.from_numpy(v) for k, v in self.entries.items()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        self.entries = OrderedDict((int(k), v.numpy().astype(np.int64)) for k, v in state.items())
+        self.entries = OrderedDict((int(k), v.numpy().astype(np.int32)) for k, v in state.items())
 
 
 def mine_volumes(model: torch.nn.Module, store: VolumeStore, indices: Sequence[int], pool: HardNegativePool,

@@ -117,6 +117,10 @@ class TrainConfig:
                   "'fp16' or 'off'")
     num_threads: int = _f(0, "train", "torch CPU threads (0 = torch's default)")
     cudnn_deterministic: bool = _f(True, "train", "deterministic cuDNN, benchmark off (the reference)")
+    fused_optimizer: bool = _f(False, "train", "AdamW as one fused kernel over all parameters (same update "
+                               "rule; on CPU much cheaper than the per-parameter loop)")
+    channels_last: bool = _f(False, "train", "keep the network's 5-D tensors channels-last (NDHWC): oneDNN's "
+                             "convolutions and their backward run faster on CPU; same numbers up to float rounding")
     init_weights: str = _f("", "train", "start from the weights of this checkpoint of this project (fresh "
                            "optimiser and schedule; '' = random initialisation); relative to the working folder")
     time_budget_minutes: float = _f(0.0, "train", "stop cleanly after this many minutes (0 = no limit)")

@@ -253,6 +253,9 @@ class Trainer:
         self.rng = np.random.default_rng([config.seed, rank])
         torch.manual_seed(config.seed)
         self.model = build_model(config).to(self.device)
+        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.model = self.model.to(memory_format=self.memory_format)
         if rank:
             torch.manual_seed(config.seed + rank)
 
@@ -291,7 +294,8 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn = SDKTLoss.from_config(config)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=tuple(config.betas),
-                                           eps=config.eps, weight_decay=config.weight_decay)
+                                           eps=config.eps, weight_decay=config.weight_decay,
+                                           fused=True if config.fused_optimizer else None)
         self.scheduler = build_scheduler(self.optimizer, config, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -498,7 +502,7 @@ class Trainer:
                 image_t, label_t = augment.apply(image_t, label_t, params)
                 images.append(image_t)
                 labels.append(label_t)
-        return torch.stack(images), torch.stack(labels)
+        return torch.stack(images).contiguous(memory_format=self.memory_format), torch.stack(labels)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns the loss parts (detached, float32)."""

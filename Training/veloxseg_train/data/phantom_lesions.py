@@ -143,9 +143,9 @@ def _draw_one(cv: Canvas, label: np.ndarray, lesion: Lesion, rng: np.random.Gene
         inside = q == q.min()
         q = np.zeros_like(q)
     uptake = lesion.suv_max * (1.0 - 0.25 * np.minimum(q, 1.0))  # peaked towards the centre
-    if lesion.heterogeneity > 0:  # patchy uptake, never below the background
+    if lesion.heterogeneity > 0 and inside.sum() >= 8:  # patchy uptake, never below the background
         patches = ndimage.gaussian_filter(rng.standard_normal(q.shape).astype(np.float32), 1.0)
-        patches /= max(float(patches.std()), 1e-6)
+        patches = np.clip(patches / max(float(patches.std()), 1e-3), -3.0, 3.0)
         uptake = np.maximum(uptake * (1.0 + lesion.heterogeneity * patches), lesion.background_suv)
     hu = _lesion_ct(lesion.site, cv, rng)
     hu_map = np.full_like(q, hu)

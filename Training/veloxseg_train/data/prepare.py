@@ -194,5 +194,5 @@ def prepare_dataset(cases: Sequence[CaseFiles], out_dir: Path, options: Optional
         "excluded": errors,
         "cases": records,
     }
-    (out_dir / DATASET_FILE).write_text(json.dumps(dataset, indent=1, ensure_ascii=False))
+    (out_dir / DATASET_FILE).write_text(json.dumps(dataset, indent=1, ensure_ascii=False), encoding="utf-8")
     return dataset

@@ -55,7 +55,7 @@ def load_dataset(prep_dir: Union[str, Path]) -> dict:
     path = Path(prep_dir) / DATASET_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; create it with `veloxseg-train prepare`")
-    dataset = json.loads(path.read_text())
+    dataset = json.loads(path.read_text(encoding="utf-8"))
     if dataset.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} dataset (format {dataset.get('format')!r})")
     return dataset

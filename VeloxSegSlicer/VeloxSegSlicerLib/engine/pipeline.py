@@ -45,6 +45,7 @@ class SegmentOptions:
     overlap: float = 0.25
     blending: str = "uniform"  # "uniform" (as the reference) or "gaussian"
     min_lesion_ml: float = 0.0
+    min_suv_max: float = 0.0  # drop lesions whose hottest PET voxel is below this SUV
     skip_air_windows: bool = True  # windows without any body voxel are not run
 
     def validate(self) -> None:
@@ -56,6 +57,9 @@ class SegmentOptions:
             raise InputError(f"min_lesion_ml must be a number, got {self.min_lesion_ml!r}.")
         if self.min_lesion_ml < 0:
             raise InputError(f"min_lesion_ml must be >= 0, got {self.min_lesion_ml}.")
+        if not (isinstance(self.min_suv_max, numbers.Real) and math.isfinite(self.min_suv_max)
+                and self.min_suv_max >= 0):
+            raise InputError(f"min_suv_max must be a number >= 0, got {self.min_suv_max!r}.")
 
 
 @dataclass
@@ -199,6 +203,7 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         threads,
         progress=steps.report,
         cancelled=cancelled,
+        min_suv_max=options.min_suv_max,
     )
     del logit_diff
 

@@ -6,8 +6,9 @@
 - Each lesion is carried to a target grid by linearly interpolating its logit map (restricted to the
   lesion and a one-voxel rim, so neighbours cannot leak in) and thresholding at 0. This gives smooth
   boundaries on a finer CT grid, and exactly the model-grid mask on a PET grid that coincides with it.
-- The minimum lesion volume applies to the volume on the PET grid (the reported MTV). A lesion that covers
-  no PET voxel centre is dropped, as it has no SUV statistics. A kept lesion too small to cover any CT
+- The minimum lesion volume applies to the volume on the PET grid (the reported MTV), and the minimum
+  SUVmax to the lesion's hottest PET voxel: what the lesion table would report. A lesion that covers no PET
+  voxel centre is dropped, as it has no SUV statistics. A kept lesion too small to cover any CT
   voxel centre is marked on one CT voxel: the one holding its most confident model voxel among those that
   lie inside the CT field of view and whose CT voxel no other lesion holds. So every reported lesion is on
   the CT label, except one that lies wholly outside the CT field of view: the model grid reaches beyond
@@ -215,6 +216,7 @@ def label_maps(
     threads: int = 1,
     progress=None,
     cancelled=None,
+    min_suv_max: float = 0.0,
 ):
     """-> (label_ct, label_pet, not_on_ct): uint16 images with consecutive lesion ids shared by both grids,
     and {id: reason} for the lesions of label_pet that have no voxel on label_ct (see the module docstring)."""
@@ -222,6 +224,7 @@ def label_maps(
     label_pet, label_ct = LabelCanvas(pet), LabelCanvas(ct)
     not_on_ct = {}
     pet_voxel_ml = _voxel_ml(pet)
+    suv = sitk.GetArrayViewFromImage(pet) if min_suv_max > 0 else None
     next_id = 1
     for label in range(1, mapper.count + 1):
         if cancelled is not None and cancelled():
@@ -229,7 +232,9 @@ def label_maps(
         # PET first: whether the lesion is kept depends on its PET volume
         pieces = [(label_pet.free(mask, region), region) for mask, region in mapper.pieces_on(label, pet)]
         count = sum(int(np.count_nonzero(free)) for free, _ in pieces)
-        if count > 0 and count * pet_voxel_ml >= min_lesion_ml:
+        hot_enough = suv is None or count == 0 or max(
+            float(suv[region][free].max()) for free, region in pieces if free.any()) >= min_suv_max
+        if count > 0 and count * pet_voxel_ml >= min_lesion_ml and hot_enough:
             for free, region in pieces:
                 label_pet.paint(free, region, next_id)
             painted = 0
