@@ -24,7 +24,7 @@ from slicer.util import VTKObservationMixin
 
 from VeloxSegSlicerLib import dependencies, inputs, results, sampledata
 from VeloxSegSlicerLib.background import BackgroundRun
-from VeloxSegSlicerLib.engine import Cancelled, InputError, VeloxSegError
+from VeloxSegSlicerLib.engine import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX, Cancelled, InputError, VeloxSegError
 from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
 
 __all__ = ["VeloxSegSlicer", "VeloxSegSlicerLogic", "VeloxSegSlicerTest", "VeloxSegSlicerWidget"]
@@ -109,7 +109,8 @@ class VeloxSegSlicerParameterNode:
     device: Device = Device.CPU_ONE_CORE
     overlap: Overlap = Overlap.STANDARD
     blending: Blending = Blending.UNIFORM
-    minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    minLesionVolumeMl: Annotated[float, WithinRange(0.0, 1000.0)] = DEFAULT_MIN_LESION_ML
+    minLesionSuvMax: Annotated[float, WithinRange(0.0, 100.0)] = DEFAULT_MIN_SUV_MAX
     oneSegmentPerLesion: bool = True
 
 
@@ -240,7 +241,7 @@ class VeloxSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
                 job = self.logic.prepare(node.ctVolume, node.petVolume, node.outputSegmentation, device, threads,
                                          node.overlap.fraction(), node.minLesionVolumeMl, node.oneSegmentPerLesion,
-                                         node.blending.value)
+                                         node.blending.value, node.minLesionSuvMax)
             except VeloxSegError as error:
                 self._setStatus(str(error))
                 slicer.util.errorDisplay(str(error), windowTitle=_("VeloxSeg"))

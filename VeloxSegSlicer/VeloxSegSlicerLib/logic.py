@@ -25,7 +25,16 @@ import SimpleITK as sitk
 import slicer
 
 from . import batch, dependencies, inputs, mrml_io, results
-from .engine import Cancelled, InputError, SegmentOptions, VeloxSegError, load_model, segment_study
+from .engine import (
+    DEFAULT_MIN_LESION_ML,
+    DEFAULT_MIN_SUV_MAX,
+    Cancelled,
+    InputError,
+    SegmentOptions,
+    VeloxSegError,
+    load_model,
+    segment_study,
+)
 from .engine.pipeline import ReleasableImage
 
 try:  # real Slicer; slicer-core has no ScriptedLoadableModule (the tests provide a stub)
@@ -120,7 +129,8 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
     # -- the three steps -------------------------------------------------------------------------------
 
     def prepare(self, ctNode, petNode, outputSegmentationNode=None, device="cpu", threads=1, overlap=0.25,
-                minLesionMl=0.0, oneSegmentPerLesion=True, blending="uniform"):
+                minLesionMl=DEFAULT_MIN_LESION_ML, oneSegmentPerLesion=True, blending="uniform",
+                minSuvMax=DEFAULT_MIN_SUV_MAX):
         """Check the inputs and copy their voxels; returns a SegmentationJob. Raises InputError."""
         inputs.validateInputs(ctNode, petNode)
         if outputSegmentationNode is not None and not outputSegmentationNode.IsA("vtkMRMLSegmentationNode"):
@@ -132,7 +142,10 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             raise InputError(f"threads must be 0 (all cores) or more, got {threads}.")
         if float(minLesionMl) < 0:
             raise InputError(f"The minimum lesion volume must be 0 mL or more, got {minLesionMl}.")
-        options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl))
+        if float(minSuvMax) < 0:
+            raise InputError(f"The minimum lesion SUVmax must be 0 or more, got {minSuvMax}.")
+        options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl),
+                                 min_suv_max=float(minSuvMax))
         options.validate()  # the engine's own checks, here before any copy or background run
         ctImage = mrml_io.sitkImageFromVolumeNode(ctNode)
         petImage = mrml_io.sitkImageFromVolumeNode(petNode)
@@ -161,12 +174,13 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
     # -- blocking API ----------------------------------------------------------------------------------
 
     def segment(self, ctNode, petNode, outputSegmentationNode=None, device="cpu", threads=1, overlap=0.25,
-                minLesionMl=0.0, oneSegmentPerLesion=True, progressCallback=None, cancelCallback=None,
-                showResult=True, blending="uniform"):
+                minLesionMl=DEFAULT_MIN_LESION_ML, oneSegmentPerLesion=True, progressCallback=None,
+                cancelCallback=None, showResult=True, blending="uniform", minSuvMax=DEFAULT_MIN_SUV_MAX):
         """Segment the lesions of a CT + PET (SUVbw) pair; returns (segmentationNode, tableNode).
 
         device: 'cpu' or 'gpu'; threads: CPU threads (0 = all cores); overlap: sliding-window overlap
-        (0 fast, 0.25 standard, 0.5 fine); minLesionMl: drop smaller lesions; oneSegmentPerLesion: one
+        (0 fast, 0.25 standard, 0.5 fine); minLesionMl, minSuvMax: report only lesions of at least this MTV
+        and SUVmax (defaults: the lesion table's rule, docs/slicer.md); oneSegmentPerLesion: one
         segment per lesion, else one segment for all; blending: 'uniform' (average of the overlapping windows,
         as the reference) or 'gaussian' (window centres weigh more). An existing output segmentation gets its segments
         replaced only when everything succeeded. progressCallback(fraction, stage) reports progress;
@@ -177,7 +191,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         inputs.validateInputs(ctNode, petNode)  # before any install prompt: bad input needs no onnxruntime
         dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
         job = self.prepare(ctNode, petNode, outputSegmentationNode, device, threads, overlap, minLesionMl,
-                           oneSegmentPerLesion, blending)
+                           oneSegmentPerLesion, blending, minSuvMax)
         job.run(report, cancelCallback)
         if cancelCallback is not None and cancelCallback():
             raise Cancelled("Cancelled; the scene was not changed.")
@@ -188,8 +202,8 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         return segNode, tableNode
 
     def segmentFolder(self, inputDir, outputDir, ctPattern=None, petPattern=None, device="cpu", threads=1,
-                      overlap=0.25, minLesionMl=0.0, oneSegmentPerLesion=True, progressCallback=None,
-                      cancelCallback=None, blending="uniform"):
+                      overlap=0.25, minLesionMl=DEFAULT_MIN_LESION_ML, oneSegmentPerLesion=True,
+                      progressCallback=None, cancelCallback=None, blending="uniform", minSuvMax=DEFAULT_MIN_SUV_MAX):
         """Segment every case of ``inputDir``; write per case ``<case>.seg.nrrd`` and ``<case>_lesions.csv``
         into ``outputDir``, and ``summary.csv`` over all cases. Returns the summary rows (dicts).
 
@@ -215,13 +229,13 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
                 report((index + fraction) / len(cases), f"{case.name} ({index + 1}/{len(cases)}): {stage}")
 
             summary.append(self._segmentCase(case, outputDir, caseProgress, cancelCallback, device, threads,
-                                             overlap, minLesionMl, oneSegmentPerLesion, blending))
+                                             overlap, minLesionMl, oneSegmentPerLesion, blending, minSuvMax))
         batch.writeSummary(summary, os.path.join(outputDir, "summary.csv"))
         report(1.0, f"Done: {len(cases)} case(s)")
         return summary
 
     def _segmentCase(self, case, outputDir, report, cancelCallback, device, threads, overlap, minLesionMl,
-                     oneSegmentPerLesion, blending):
+                     oneSegmentPerLesion, blending, minSuvMax):
         scene = slicer.mrmlScene
         before = set(batch.nodeIds(scene))
         started = time.perf_counter()
@@ -230,7 +244,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             ctNode, petNode = batch.loadCase(case)
             segNode, tableNode = self.segment(ctNode, petNode, None, device, threads, overlap, minLesionMl,
                                               oneSegmentPerLesion, report, cancelCallback, showResult=False,
-                                              blending=blending)
+                                              blending=blending, minSuvMax=minSuvMax)
             outputs = batch.saveCaseResults(case.name, segNode, tableNode, outputDir)
             row = batch.summaryRow(case, tableNode, outputs, time.perf_counter() - started)
         except Cancelled:

@@ -20,7 +20,7 @@ from .errors import Cancelled, InputError, ModelError, VeloxSegError
 from .imageio import read_ct
 from .manifest import load_manifest, verify_model_file
 from .outputs import AtomicOutputs, check_label_path, check_writable
-from .pipeline import ReleasableImage, SegmentOptions, segment_study
+from .pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX, ReleasableImage, SegmentOptions, segment_study
 from .progress import ProgressBar
 from .runtime import load_model
 from .sliding_window import BLENDINGS
@@ -47,6 +47,7 @@ def _checked(convert, ok, requirement: str):
 _threads = _checked(int, lambda v: v >= 0, "a whole number >= 0 (0 = all cores)")
 _overlap = _checked(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 _volume = _checked(float, lambda v: 0.0 <= v < float("inf"), "a number of mL >= 0")
+_suv = _checked(float, lambda v: 0.0 <= v < float("inf"), "an SUV >= 0")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +61,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="how overlapping windows are averaged: uniform (default, as the reference) or gaussian (centre-weighted)"
     )
     parser.add_argument(
-        "--min-lesion-ml", type=_volume, default=0.0, metavar="X", help="drop lesions smaller than X mL (default 0)"
+        "--min-lesion-ml", type=_volume, default=DEFAULT_MIN_LESION_ML, metavar="X",
+        help=f"report only lesions of at least X mL (default {DEFAULT_MIN_LESION_ML:g}; 0 keeps all)"
+    )
+    parser.add_argument(
+        "--min-suv-max", type=_suv, default=DEFAULT_MIN_SUV_MAX, metavar="S",
+        help=f"report only lesions whose SUVmax is at least S (default {DEFAULT_MIN_SUV_MAX:g}; 0 keeps all)"
     )
     parser.add_argument("--model", metavar="MANIFEST", help="model manifest .json (default: the bundled model)")
 
@@ -124,7 +130,8 @@ def _load_model(args):
 
 
 def _options(args) -> SegmentOptions:
-    return SegmentOptions(overlap=args.overlap, blending=args.blending, min_lesion_ml=args.min_lesion_ml)
+    return SegmentOptions(overlap=args.overlap, blending=args.blending, min_lesion_ml=args.min_lesion_ml,
+                          min_suv_max=args.min_suv_max)
 
 
 def command_segment(args, cancelled=None) -> int:
