@@ -24,7 +24,8 @@ from .normstats import CaseStats, case_stats, normalization
 from .prepared import CASES_DIR, DATASET_FILE, FORMAT, save_case
 from .splits import assign_splits
 
-NAME_PREFIX = {"synthetic": "synth", "ibsi": "ibsi", "autopet": "autopet", "folder": "case"}
+NAME_PREFIX = {"synthetic": "synth", "real_background": "realbg", "ibsi": "ibsi", "autopet": "autopet",
+               "folder": "case"}
 
 IBSI_ATTRIBUTION = (
     "Real FDG-PET/CT cases: IBSI validation data set (Image Biomarker Standardisation Initiative), derived "
@@ -133,6 +134,8 @@ def _worker(job):
 
 
 def _attribution(sources: set) -> str:
+    if "real_background" in sources:  # synthetic lesions inserted into IBSI studies
+        sources = set(sources) | {"ibsi"}
     parts = [text for source, text in (("ibsi", IBSI_ATTRIBUTION), ("autopet", AUTOPET_ATTRIBUTION),
                                        ("synthetic", SYNTHETIC_ATTRIBUTION), ("folder", FOLDER_ATTRIBUTION))
              if source in sources]

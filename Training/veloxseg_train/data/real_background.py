@@ -144,7 +144,8 @@ def write_real_background_dataset(out_dir: Path, backgrounds: List[CaseFiles], c
         if progress:
             progress(index + 1, count)
     manifest = {
-        "format": SYNTHETIC_FORMAT, "generator": "veloxseg-train synth --backgrounds", "seed": int(seed),
+        "format": SYNTHETIC_FORMAT, "generator": "veloxseg-train synth --backgrounds", "source": "real_background",
+        "seed": int(seed),
         "count": int(count), "lesion_free_cases": 0, "seconds": round(time.time() - start, 1),
         "backgrounds": sorted({c.name for c in backgrounds}),
         "attribution": "Backgrounds: IBSI validation data (TCIA Soft-tissue-Sarcoma), CC BY 3.0; see the "

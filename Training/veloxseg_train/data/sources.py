@@ -128,7 +128,8 @@ def find_synthetic_cases(root: Path) -> List[CaseFiles]:
         folder = root / entry["folder"]
         if not folder.is_dir():
             raise DataError(entry["name"], f"listed in the manifest but {folder} does not exist")
-        cases.append(case_from_folder(folder, "synthetic"))
+        # phantoms are "synthetic"; lesions inserted into real studies say so ("real_background")
+        cases.append(case_from_folder(folder, manifest.get("source", "synthetic")))
     return cases
 
 
