@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backgrounds", type=Path, metavar="DIR",
                         help="instead of phantoms: insert synthetic lesions into the real studies of DIR (one "
                              "sub-folder per study: CT, PET in SUV, tumour mask), away from their tumour")
-    parser.add_argument("--background-split", type=float, nargs=3, default=(0.1, 0.15, 0), metavar=("VAL", "TEST",
+    # The default must be prepare's own default split, or a study prepare holds out could become a background.
+    parser.add_argument("--background-split", type=float, nargs=3, default=(0.15, 0.2, 0), metavar=("VAL", "TEST",
                         "SEED"), help="use only the studies `prepare` puts in its train split with these "
-                                      "--val-fraction, --test-fraction and --seed (default 0.1 0.15 0)")
+                                      "--val-fraction, --test-fraction and --seed (default 0.15 0.2 0, "
+                                      "prepare's defaults)")
     parser.add_argument("--force", action="store_true", help="write into a folder that already holds cases")
 
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             val, test, split_seed = args.background_split
             try:
                 backgrounds = training_backgrounds(args.backgrounds, val, test, int(split_seed))
-            except DataError as exc:
+            except (DataError, ValueError) as exc:  # ValueError: fractions assign_splits refuses
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             if not backgrounds:
