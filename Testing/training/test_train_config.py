@@ -25,6 +25,22 @@ def test_shipped_configs_load():
         load_config(CONFIGS / f"{name}.toml")
 
 
+def test_wholebody_recipe_turns_on_the_issue_12_machinery():
+    config = load_config(CONFIGS / "wholebody.toml")
+    assert config.mine_every > 0 and config.mine_after > 0 and 0 < config.mine_fraction < 1
+    assert config.hard_negative_fraction > 0 and config.centre_jitter > 0
+    assert all(getattr(config, f"{name}_p") > 0 for name in ("scale", "elastic", "pet_scale", "pet_blur",
+                                                            "pet_noise", "ct_contrast"))
+    assert config.flip_z and config.rotate
+
+
+def test_new_keys_default_to_the_reference():
+    config = TrainConfig()
+    assert config.mine_every == 0 and not config.fused_optimizer and not config.channels_last
+    assert all(getattr(config, f"{name}_p") == 0 for name in ("scale", "elastic", "pet_scale", "pet_blur",
+                                                             "pet_noise", "ct_contrast"))
+
+
 @pytest.mark.parametrize("text, message", [
     ("[optim]\nlr = 1e-3\nlearning_rate = 2\n", "unknown key 'learning_rate'"),
     ("[optim]\nepochs = 3\n", "belongs in [schedule]"),
@@ -34,6 +50,21 @@ def test_shipped_configs_load():
     ("[augment]\nrotate = 1\n", "'rotate' must be of type bool"),
     ("[augment]\nrotate_p = 1.5\n", "rotate_p and flip_z_p must be in [0, 1]"),
     ("[schedule]\nscheduler_interval = \"batch\"\n", "scheduler_interval"),
+    # extended augmentation, mining and speed switches (issue 12)
+    ("[augment]\nscale_p = 1.5\n", "scale_p must be in [0, 1]"),
+    ("[augment]\npet_noise_p = -0.1\n", "pet_noise_p must be in [0, 1]"),
+    ("[augment]\npet_scale_range = [1.25, 0.8]\n", "pet_scale_range must be [low, high]"),
+    ("[augment]\npet_blur_sigma = [-0.5, 1.0]\n", "pet_blur_sigma must be [low, high]"),
+    ("[augment]\nct_contrast_range = [0.9]\n", "ct_contrast_range must be [low, high]"),
+    ("[augment]\nscale_range = [0.0, 1.1]\n", "scale factors must be > 0"),
+    ("[augment]\nelastic_voxels = -1.0\n", "elastic_voxels must be >= 0"),
+    ("[sampling]\nmine_every = -1\n", "mine_every and mine_after must be >= 0"),
+    ("[sampling]\nmine_volumes = 0\n", "mine_volumes >= 1"),
+    ("[sampling]\nmine_fraction = 1.5\n", "mine_fraction must be in [0, 1]"),
+    ("[sampling]\nmine_overlap = 1.0\n", "mine_overlap in [0, 1)"),
+    ("[sampling]\nmine_every = 2.5\n", "'mine_every' must be of type int"),
+    ("[train]\nfused_optimizer = 1\n", "'fused_optimizer' must be of type bool"),
+    ("[train]\nchannels_last = \"yes\"\n", "'channels_last' must be of type bool"),
 ])
 def test_config_errors_name_the_key(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -121,7 +121,8 @@ def _sampling_grid(shape, angle_rad: float, scale_zyx, elastic: Optional[np.ndar
     """(1, Z, Y, X, 3) grid_sample grid of the rotation about z, the scaling and the elastic field."""
     cos, sin = math.cos(angle_rad), math.sin(angle_rad)
     sz, sy, sx = scale_zyx
-    # affine_grid works on (x, y, z) normalised coordinates; a factor > 1 samples a larger region (shrinks).
+    # affine_grid works on (x, y, z) normalised coordinates; a factor > 1 samples a smaller region, so the
+    # content grows by that factor.
     rotation = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float32)
     theta = torch.zeros(1, 3, 4)
     theta[0, :, :3] = rotation @ torch.diag(torch.tensor([1.0 / sx, 1.0 / sy, 1.0 / sz], dtype=torch.float32))
