@@ -18,6 +18,7 @@ bin="$root/.venv/bin"
 ibsi="${IBSI:-$root/../shared/data/ibsi-sts/cases}"
 minutes="${TRAIN_MINUTES:-100}"
 state="Training/runs/wholebody/state.pt"
+fingerprint="Training/runs/wholebody/data_fingerprint.json"
 logs="VeloxSegSlicer/Resources/Models/training"
 run="work-data/runs/wholebody"
 
@@ -34,7 +35,11 @@ if [ ! -f work-data/heldout/manifest.json ]; then  # validation only: phantoms o
       --lesion-free-fraction 0.2 --workers 2 --force
 fi
 
-# 2. train: continue this machine's run, else the repository's state, else start
+# 2. train: continue this machine's run, else the repository's state, else start. A run resumes only on
+#    the data it was trained on (the fingerprint recorded with its state).
+if [ -f "$fingerprint" ]; then
+  "$bin/python" -m veloxseg_train.data.fingerprint work-data/prep2 --check "$fingerprint"
+fi
 resume=()
 if [ -f "$run/checkpoints/last.pt" ]; then
   resume=(--resume "$run/checkpoints/last.pt")
@@ -49,6 +54,7 @@ nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${res
 # 3. keep the state and the logs in the repository (replace, never add)
 mkdir -p "$(dirname "$state")" "$logs"
 cp "$run/checkpoints/last.pt" "$state.tmp" && mv "$state.tmp" "$state"
+[ -f "$fingerprint" ] || "$bin/python" -m veloxseg_train.data.fingerprint work-data/prep2 --write "$fingerprint"
 cp "$run"/log_steps.csv "$run"/log_epochs.csv "$logs/"
 cp "$run"/plots/*.png "$logs/" 2>/dev/null || true
 
