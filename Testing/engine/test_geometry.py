@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from engine_helpers import THRESHOLD, hot_voxel_pet, phantom, physical_points, rotation
+from engine_helpers import THRESHOLD, hot_voxel_pet, make_image, phantom, physical_points, rotation
 
 from VeloxSegSlicerLib.engine import segment_study
 
@@ -216,3 +216,54 @@ def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
     inside = next(lesion for lesion in result.lesions if lesion.on_ct)
     assert set(np.unique(sitk.GetArrayViewFromImage(result.label_ct))) == {0, inside.id}
     assert set(np.unique(sitk.GetArrayViewFromImage(result.label_pet))) == {0, 1, 2}
+
+
+def test_min_suv_max_drops_lesions_below_it_and_keeps_ids_consecutive(model):
+    from VeloxSegSlicerLib.engine import SegmentOptions
+
+    # Both spheres are above the model's SUV 4 threshold; the larger one is barely so.
+    spheres = [((30.0, 0.0, 0.0), 14.0, 5.0), ((-35.0, 10.0, 5.0), 8.0, 9.0)]
+    pet = phantom(spheres, (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0))
+    ct = phantom([], (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0), kind="CT")
+    both = segment_study(ct, pet, model)
+    assert sorted(round(lesion.suv_max, 3) for lesion in both.lesions) == [5.0, 9.0]
+    hot = segment_study(ct, pet, model, SegmentOptions(min_suv_max=7.0))
+    assert hot.totals.lesion_count == 1
+    assert hot.lesions[0].id == 1 and hot.lesions[0].suv_max == pytest.approx(9.0)
+    for label in (hot.label_ct, hot.label_pet):
+        assert set(np.unique(sitk.GetArrayViewFromImage(label))) == {0, 1}
+    assert segment_study(ct, pet, model, SegmentOptions(min_suv_max=5.0)).totals.lesion_count == 2  # >= keeps
+
+
+def test_label_maps_min_suv_max_on_a_hand_made_logit_map():
+    from VeloxSegSlicerLib.engine.postprocess import label_maps
+    from VeloxSegSlicerLib.engine.preprocess import Grid
+
+    shape = (12, 14, 16)  # z, y, x
+    logit = np.full(shape, -5.0, np.float32)
+    logit[2:6, 2:6, 2:6] = 3.0  # a large lesion, on cool PET
+    logit[8:10, 9:11, 10:12] = 3.0  # a small one, on hot PET
+    suv = np.full(shape, 1.0, np.float32)
+    suv[2:6, 2:6, 2:6] = 2.0
+    suv[8:10, 9:11, 10:12] = 6.0
+    pet = make_image(suv, (2.0, 2.0, 3.0), (-10.0, -12.0, 5.0))
+    grid = Grid(origin=pet.GetOrigin(), spacing=pet.GetSpacing(), size=pet.GetSize())
+    _, all_pet, _ = label_maps(logit, grid, pet, pet)
+    assert set(np.unique(sitk.GetArrayViewFromImage(all_pet))) == {0, 1, 2}
+    _, hot_pet, _ = label_maps(logit, grid, pet, pet, min_suv_max=5.0)
+    found = sitk.GetArrayViewFromImage(hot_pet)
+    expected = np.zeros(shape, np.uint16)
+    expected[8:10, 9:11, 10:12] = 1
+    assert np.array_equal(found, expected)  # the cool one is gone; the hot one is lesion 1
+    _, none_pet, _ = label_maps(logit, grid, pet, pet, min_suv_max=6.5)
+    assert not sitk.GetArrayViewFromImage(none_pet).any()
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), "2.5", None])
+def test_min_suv_max_must_be_a_finite_number_from_zero(value):
+    from VeloxSegSlicerLib.engine import InputError, SegmentOptions
+
+    with pytest.raises(InputError, match="min_suv_max"):
+        SegmentOptions(min_suv_max=value).validate()
+    SegmentOptions(min_suv_max=0.0).validate()
+    SegmentOptions(min_suv_max=2.5).validate()

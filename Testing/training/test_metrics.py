@@ -15,6 +15,7 @@ from veloxseg_train.metrics import (
     false_negative_volume,
     false_positive_volume,
     hd95,
+    lesion_counts,
     precision,
     recall,
     summarize,
@@ -106,3 +107,88 @@ def test_summary_skips_undefined_values_and_splits_positive_cases():
     assert summary["dice_pos"] == 1.0 and summary["dice"] == 0.5
     assert summary["recall"] == 1.0  # the lesion-free case has no recall
     assert summary["fp_volume_ml_neg"] == pytest.approx(VOXEL_ML)
+
+
+# --- lesion-level counts and the lesion-table rule (issue 12) ----------------------------------------------
+
+
+def test_lesion_counts_by_hand():
+    truth = np.zeros((10, 10, 10), bool)
+    truth[1:3, 1:3, 1:3] = True  # lesion A: found
+    truth[6:8, 6:8, 6] = True  # lesion B: missed
+    pred = np.zeros_like(truth)
+    pred[2:4, 2:4, 2:4] = True  # touches A (one component, however much it spills over)
+    pred[8, 1, 1:6] = True  # a false positive
+    pred[5, 8, 8] = True  # another, on its own
+    assert lesion_counts(pred, truth) == {"true_lesions": 2, "found_lesions": 1, "pred_components": 3}
+    assert lesion_counts(truth, truth) == {"true_lesions": 2, "found_lesions": 2, "pred_components": 2}
+    empty = np.zeros_like(truth)
+    assert lesion_counts(empty, empty) == {"true_lesions": 0, "found_lesions": 0, "pred_components": 0}
+    # 18-connectivity: an edge joins two voxels into one lesion, a corner does not
+    assert lesion_counts(empty, _mask((10, 10, 10), (1, 1, 1), (2, 2, 1)))["true_lesions"] == 1
+    assert lesion_counts(empty, _mask((10, 10, 10), (1, 1, 1), (2, 2, 2)))["true_lesions"] == 2
+    assert set(lesion_counts(pred, truth)) <= set(case_metrics(pred, truth, SPACING))
+
+
+def _row(pred_voxels, truth_voxels, reported=None, shape=(12, 12, 12)):
+    row = case_metrics(_mask(shape, *pred_voxels), _mask(shape, *truth_voxels), SPACING)
+    if reported is not None:
+        row["reported_lesions"] = reported
+    return row
+
+
+def test_lesion_sensitivity_is_pooled_and_reported_lesions_are_split_by_kind():
+    rows = [
+        _row([(1, 1, 1)], [(1, 1, 1), (8, 8, 8)], reported=3),  # 1 of 2 lesions found
+        _row([(1, 1, 1), (5, 5, 5), (9, 1, 1)], [(1, 1, 1), (5, 5, 5), (9, 1, 1)], reported=4),  # 3 of 3
+        _row([(4, 4, 4)], [], reported=2),  # lesion-free case
+        _row([], [], reported=0),  # lesion-free case
+    ]
+    summary = summarize(rows)
+    assert summary["lesion_sensitivity"] == pytest.approx(4 / 5)  # pooled, not the mean of 1/2 and 3/3
+    assert summary["reported_lesions"] == pytest.approx((3 + 4 + 2 + 0) / 4)
+    assert summary["reported_lesions_neg"] == pytest.approx(1.0)
+    # without a reported count (a baseline), the predicted components stand in
+    for row in rows:
+        del row["reported_lesions"]
+    summary = summarize(rows)
+    assert summary["reported_lesions"] == pytest.approx((1 + 3 + 1 + 0) / 4)
+    assert summary["reported_lesions_neg"] == pytest.approx(0.5)
+    assert math.isnan(summarize([_row([], [])])["lesion_sensitivity"])  # no lesions: undefined
+
+
+def test_summary_of_rows_without_lesion_counts_has_no_lesion_keys():
+    row = {key: 0.0 for key in ("dice", "hd95_mm", "precision", "recall", "fp_volume_ml", "fn_volume_ml",
+                                "true_volume_ml")}
+    assert "lesion_sensitivity" not in summarize([row]) and "reported_lesions" not in summarize([row])
+
+
+def test_table_rule_keeps_lesions_meeting_both_thresholds():
+    from types import SimpleNamespace
+
+    from veloxseg_train.evaluate import TableRule, apply_rule
+
+    ids = np.zeros((6, 6, 6), np.uint16)
+    ids[0, 0, :2], ids[2, 2, 2], ids[4, 4, :3] = 1, 2, 3
+    lesions = [SimpleNamespace(id=1, mtv_ml=1.0, suv_max=2.0), SimpleNamespace(id=2, mtv_ml=0.2, suv_max=9.0),
+               SimpleNamespace(id=3, mtv_ml=0.5, suv_max=2.5)]
+    rule = TableRule(min_ml=0.5, min_suv_max=2.5)
+    assert rule.name == "model[ml>=0.5,suvmax>=2.5]"
+    mask, count = apply_rule(ids, lesions, rule)
+    assert count == 1 and np.array_equal(mask, ids == 3)  # at the thresholds counts as meeting them
+    mask, count = apply_rule(ids, lesions, TableRule())
+    assert count == 3 and np.array_equal(mask, ids > 0)
+    mask, count = apply_rule(ids, lesions, TableRule(0.0, 100.0))
+    assert count == 0 and mask.dtype == bool and not mask.any()
+    assert apply_rule(ids, [], TableRule())[1] == 0
+
+
+@pytest.mark.parametrize("text", ["0.5", "a:b", "1:2:3", ""])
+def test_evaluate_refuses_a_malformed_rule(tmp_path, capsys, text):
+    from veloxseg_train.cli import main
+
+    code = main(["evaluate", "--model", str(tmp_path / "missing.pt"), "--cases", str(tmp_path), "--out",
+                 str(tmp_path / "out"), "--rule", "0.5:2.5", "--rule", text])
+    assert code == 2
+    assert "expected ML:SUVMAX" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
