@@ -138,17 +138,113 @@ def test_init_weights_from_other_data_is_refused(run_a, tiny_prepared, tmp_path)
         trainer.setup()
 
 
+# --- hard-negative mining and the speed switches (issue 12) -------------------------------------------------
+
+MINING = dict(epochs=2, mine_every=1, mine_after=0, mine_fraction=1.0, val_split="")  # no validation: faster
+
+
+def _counting_draws(trainer):
+    """Count the crops taken from the mined pool (HardNegativePool.draw runs for those only)."""
+    trainer.mined_draws = 0
+    draw = trainer.mined.draw
+
+    def counted(rng):
+        trainer.mined_draws += 1
+        return draw(rng)
+
+    trainer.mined.draw = counted
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def run_mining(tiny_prepared, tmp_path_factory):
+    """2 steps, mining after each; from step 2 on every crop is centred on a mined false positive."""
+    out = tmp_path_factory.mktemp("run_mining")
+    logs = []
+    trainer = Trainer(_config(**MINING), out_dir=out, data_dir=tiny_prepared, log=logs.append)
+    trainer.setup()
+    _counting_draws(trainer)
+    summary = trainer.run()
+    return out, summary, logs, trainer.mined_draws
+
+
+def test_mining_fills_the_pool_and_its_crops_are_used(run_mining):
+    out, summary, logs, mined_draws = run_mining
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+    assert sum("mined train_a" in line for line in logs) == 2  # after steps 1 and 2
+    assert mined_draws == 1  # step 1: empty pool, ordinary crop; step 2: a mined crop
+    for name in ("epoch_0001.pt", "last.pt"):
+        mined = load_checkpoint(out / "checkpoints" / name)["extra"]["training_state"]["mined"]
+        assert list(mined) == ["0"] and mined["0"].numel() > 0  # the untrained model calls lesions everywhere
+
+
+def test_resume_with_mining_continues_exactly(run_mining, tiny_prepared, tmp_path):
+    out, _, _, _ = run_mining
+    checkpoint = out / "checkpoints" / "epoch_0001.pt"
+    saved = load_checkpoint(checkpoint)["extra"]["training_state"]["mined"]
+    trainer = Trainer(_config(**MINING), out_dir=tmp_path, data_dir=tiny_prepared, resume=checkpoint,
+                      log=lambda m: None)
+    trainer.setup()
+    assert list(trainer.mined.entries) == [int(k) for k in saved]
+    for key, value in saved.items():
+        assert torch.equal(torch.from_numpy(trainer.mined.entries[int(key)]), value)
+    _counting_draws(trainer)
+    summary = trainer.run()
+    assert summary["global_step"] == 2 and trainer.mined_draws == 1  # the restored pool feeds step 2
+    final_a = load_checkpoint(out / "checkpoints" / "last.pt")
+    final_b = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    _assert_same_tensors(final_b["state_dict"], final_a["state_dict"])
+    _assert_same_tensors(final_b["extra"]["training_state"]["mined"], final_a["extra"]["training_state"]["mined"])
+
+
+def test_speed_switches_give_the_same_losses(tiny_prepared, tmp_path):
+    # Dropout off: channels-last tensors take their dropout masks in another element order, so with dropout
+    # the two runs are equivalent but not equal.
+    no_dropout = {"attn_drop": 0.0, "proj_drop": 0.0, "conv_drop": 0.0}
+    losses = {}
+    for fast in (False, True):
+        trainer = Trainer(_config(fused_optimizer=fast, channels_last=fast, model_overrides=no_dropout),
+                          out_dir=tmp_path / str(fast), data_dir=tiny_prepared, log=lambda m: None)
+        trainer.setup()
+        assert bool(trainer.optimizer.defaults.get("fused")) == fast
+        # a kernel whose layout differs between the formats (several input channels, spatial extent)
+        conv = next(p for p in trainer.model.parameters() if p.dim() == 5 and p.shape[1] > 1 and p.shape[2] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last_3d) == fast
+        steps = []
+        for _ in range(2):
+            images, labels = trainer.make_batch([0])
+            steps.append(trainer.train_step(images, labels))
+        losses[fast] = torch.stack(steps)
+    # same crops, same initial weights, same update rule: equal up to float rounding
+    assert torch.allclose(losses[True], losses[False], rtol=1e-4, atol=1e-6), (losses[True], losses[False])
+    assert not torch.equal(losses[False][0], losses[False][1])  # the second step saw updated weights
+
+
 def test_evaluate_checkpoint_and_onnx(run_a, tiny_prepared, tmp_path):
-    from veloxseg_train.evaluate import BASELINES, evaluate
+    from veloxseg_train.evaluate import BASELINES, TableRule, evaluate
 
     out_a, _ = run_a
+    rules = [TableRule(0.0, 0.0), TableRule(0.0, 1000.0)]  # the model's own row again; nothing reaches SUV 1000
     summary = evaluate(out_a / "checkpoints" / "last.pt", tiny_prepared, tmp_path / "pt", threads=2,
-                       log=lambda m: None)
+                       log=lambda m: None, rules=rules)
     rows = _rows(tmp_path / "pt" / "per_case.csv")
-    assert {r["method"] for r in rows} == {"model", *BASELINES}
+    same, none = "model[ml>=0,suvmax>=0]", "model[ml>=0,suvmax>=1000]"
+    assert {r["method"] for r in rows} == {"model", same, none, *BASELINES}
     assert {r["case"] for r in rows} == {"train_a", "val_a", "test_free"}
     assert summary["all/model"]["cases"] == 3 and summary["all/suv2.5"]["dice_pos"] > 0.2
     assert (tmp_path / "pt" / "summary.csv").is_file()
+    by_method = {(r["case"], r["method"]): r for r in rows}
+    for case in ("train_a", "val_a", "test_free"):
+        model_row, same_row, none_row = (by_method[case, m] for m in ("model", same, none))
+        assert {k: v for k, v in same_row.items() if k not in ("method", "seconds")} == \
+            {k: v for k, v in model_row.items() if k not in ("method", "seconds")}
+        assert none_row["reported_lesions"] == "0" and none_row["fp_voxels"] == "0"
+        assert int(model_row["true_lesions"]) == (0 if case == "test_free" else 1)
+    for key in ("lesion_sensitivity", "reported_lesions", "reported_lesions_neg"):
+        assert key in summary["all/model"]
+    assert summary[f"all/{none}"]["reported_lesions"] == 0 and summary[f"all/{none}"]["lesion_sensitivity"] == 0
+    saved = json.loads((tmp_path / "pt" / "summary.json").read_text())
+    assert saved["rules"] == [same, none] and saved["min_suv_max"] == 0.0
 
     # An ONNX model through the engine: a hand-built graph that marks SUV > 4 must score like the
     # SUV >= 4.0 baseline on the same cases (same grids, same voxels).
@@ -158,6 +254,18 @@ def test_evaluate_checkpoint_and_onnx(run_a, tiny_prepared, tmp_path):
     manifest = onnx_models.build_threshold_model(tmp_path / "onnx", suv_threshold=4.0,
                                                  spacing_xyz_mm=(2.0, 2.0, 3.0))
     summary = evaluate(manifest, tiny_prepared, tmp_path / "onnx_eval", split="val", threads=1,
-                       log=lambda m: None)
+                       log=lambda m: None, rules=[TableRule(0.0, 6.0)])
     assert summary["all/model"]["cases"] == 1
     assert summary["all/model"]["dice"] == pytest.approx(summary["all/suv4.0"]["dice"], abs=1e-6)
+    # The val case holds a lesion (SUV 9) and a hot organ (SUV 5) above the model's SUV 4: the rule
+    # "SUVmax >= 6" reports the lesion only, from the same network output.
+    rows = {r["method"]: r for r in _rows(tmp_path / "onnx_eval" / "per_case.csv")}
+    model_row, rule_row = rows["model"], rows["model[ml>=0,suvmax>=6]"]
+    assert (model_row["reported_lesions"], model_row["found_lesions"]) == ("2", "1")
+    assert (rule_row["reported_lesions"], rule_row["found_lesions"], rule_row["fp_voxels"]) == ("1", "1", "0")
+    assert float(rule_row["dice"]) > float(model_row["dice"])
+    # --min-suv-max applies the same rule to the "model" row itself
+    again = evaluate(manifest, tiny_prepared, tmp_path / "onnx_min_suv", split="val", threads=1,
+                     log=lambda m: None, min_suv_max=6.0)
+    assert again["all/model"]["dice"] == pytest.approx(summary["all/model[ml>=0,suvmax>=6]"]["dice"])
+    assert again["all/model"]["reported_lesions"] == 1

@@ -120,7 +120,9 @@ class TrainConfig:
     fused_optimizer: bool = _f(False, "train", "AdamW as one fused kernel over all parameters (same update "
                                "rule; on CPU much cheaper than the per-parameter loop)")
     channels_last: bool = _f(False, "train", "keep the network's 5-D tensors channels-last (NDHWC): oneDNN's "
-                             "convolutions and their backward run faster on CPU; same numbers up to float rounding")
+                             "convolutions and their backward run faster on CPU; same numbers up to float rounding "
+                             "without dropout (with dropout the masks fall on other voxels: an equivalent, not "
+                             "identical, run)")
     init_weights: str = _f("", "train", "start from the weights of this checkpoint of this project (fresh "
                            "optimiser and schedule; '' = random initialisation); relative to the working folder")
     time_budget_minutes: float = _f(0.0, "train", "stop cleanly after this many minutes (0 = no limit)")
