@@ -102,7 +102,9 @@ def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys,
                  body_radius_mm=35.0)  # with air around: a CT must look like one
     ct_path, pet_path = write_study(tmp_path, ct, pet)
     out, stats = tmp_path / "o.nrrd", tmp_path / "s.csv"
-    code, stdout, err = run_segment(capsys, ct_path, pet_path, out, manifest_path, stats=stats)
+    # one-voxel test lesions: below the default rule's 0.1 mL, so report everything
+    code, stdout, err = run_segment(capsys, ct_path, pet_path, out, manifest_path, stats=stats,
+                                    extra=("--min-lesion-ml", "0"))
     assert code == 0, err
     rows = {row["lesion_id"]: row for row in csv.DictReader(stats.open())}
     assert sorted(row["on_ct"] for row in rows.values()) == ["0", "1"]

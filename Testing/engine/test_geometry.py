@@ -8,7 +8,10 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import THRESHOLD, hot_voxel_pet, make_image, phantom, physical_points, rotation
 
-from VeloxSegSlicerLib.engine import segment_study
+from VeloxSegSlicerLib.engine import SegmentOptions, segment_study
+
+# These tests check geometry, not the lesion table's default rule (>= 0.1 mL, SUVmax >= 2): report every lesion.
+ALL = SegmentOptions(min_lesion_ml=0.0, min_suv_max=0.0)
 
 CENTRE = (28.0, -22.0, 9.0)  # LPS mm, off every axis so a flipped or swapped axis would show
 RADIUS = 16.0
@@ -64,7 +67,7 @@ def test_lesion_lands_on_the_right_voxels(case, model):
     pet_grid, ct_grid = CASES[case]
     pet = phantom([(CENTRE, RADIUS, SUV)], kind="PET", **pet_grid)
     ct = phantom([(CENTRE, RADIUS, 60)], kind="CT", **ct_grid)
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
 
     assert result.totals.lesion_count == 1
     for label, reference in ((result.label_ct, ct), (result.label_pet, pet)):
@@ -89,7 +92,7 @@ def test_pet_on_the_model_lattice_is_reproduced_exactly(model):
     spheres = [(CENTRE, 9.0, 7.5), ((-40.0, 30.0, -20.0), 6.0, 5.0)]
     pet = phantom(spheres, (100, 100, 60), (2.036, 2.036, 3.0), (-101.3, -98.7, -88.4), kind="PET")
     ct = phantom([], (120, 120, 50), (1.7, 1.7, 3.6), (-100.0, -100.0, -90.0), kind="CT")
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
     found = sitk.GetArrayViewFromImage(result.label_pet) > 0
     expected = sitk.GetArrayViewFromImage(pet) > THRESHOLD
     assert np.array_equal(found, expected)
@@ -101,7 +104,7 @@ def test_ids_agree_between_ct_and_pet(model):
     spheres = [((30.0, 0.0, 0.0), 12.0, 9.0), ((-35.0, 10.0, 5.0), 9.0, 9.0)]
     pet = phantom(spheres, (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0))
     ct = phantom([], (100, 100, 40), (2.0, 2.0, 3.5), (-99.0, -99.0, -66.0), kind="CT")
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
     assert result.totals.lesion_count == 2
     for lesion in result.lesions:
         for label, reference in ((result.label_ct, ct), (result.label_pet, pet)):
@@ -112,16 +115,15 @@ def test_ids_agree_between_ct_and_pet(model):
 
 
 def test_min_lesion_volume_drops_small_lesions(model):
-    from VeloxSegSlicerLib.engine import SegmentOptions
 
     spheres = [((30.0, 0.0, 0.0), 14.0, 9.0), ((-35.0, 10.0, 5.0), 6.0, 9.0)]
     pet = phantom(spheres, (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0))
     ct = phantom([], (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0), kind="CT")
-    both = segment_study(ct, pet, model)
+    both = segment_study(ct, pet, model, ALL)
     assert both.totals.lesion_count == 2
     small = min(lesion.mtv_ml for lesion in both.lesions)
     large = max(lesion.mtv_ml for lesion in both.lesions)
-    one = segment_study(ct, pet, model, SegmentOptions(min_lesion_ml=(small + large) / 2))
+    one = segment_study(ct, pet, model, SegmentOptions(min_lesion_ml=(small + large) / 2, min_suv_max=0.0))
     assert one.totals.lesion_count == 1
     assert one.lesions[0].id == 1 and one.lesions[0].mtv_ml == pytest.approx(large)
     assert set(np.unique(sitk.GetArrayViewFromImage(one.label_ct))) == {0, 1}
@@ -130,7 +132,7 @@ def test_min_lesion_volume_drops_small_lesions(model):
 def test_empty_study_gives_no_lesions(model):
     pet = phantom([], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0))
     ct = phantom([], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0), kind="CT")
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
     assert result.totals.lesion_count == 0 and result.lesions == []
     assert result.totals.total_mtv_ml == 0.0
 
@@ -139,7 +141,7 @@ def test_progress_reports_all_stages_in_order(model):
     pet = phantom([((0.0, 0.0, 0.0), 10.0, 8.0)], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0))
     ct = phantom([], (40, 40, 30), (4.0, 4.0, 4.0), (-80.0, -80.0, -60.0), kind="CT")
     calls = []
-    segment_study(ct, pet, model, progress=lambda fraction, stage: calls.append((fraction, stage)))
+    segment_study(ct, pet, model, ALL, progress=lambda fraction, stage: calls.append((fraction, stage)))
     stages = [stage for _, stage in calls]
     assert [s for i, s in enumerate(stages) if i == 0 or stages[i - 1] != s] == [
         "Resampling",
@@ -158,9 +160,9 @@ def test_slab_wise_mapping_gives_the_same_labels(model, monkeypatch):
     pet_grid, ct_grid = CASES["oblique_anisotropic_ct"]
     pet = phantom([(CENTRE, RADIUS, SUV)], kind="PET", **pet_grid)
     ct = phantom([(CENTRE, RADIUS, 60)], kind="CT", **ct_grid)
-    whole = segment_study(ct, pet, model)
+    whole = segment_study(ct, pet, model, ALL)
     monkeypatch.setattr(LesionMapper, "SLAB_VOXELS", 5000)
-    slabs = segment_study(ct, pet, model)
+    slabs = segment_study(ct, pet, model, ALL)
     for a, b in ((whole.label_ct, slabs.label_ct), (whole.label_pet, slabs.label_pet)):
         assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
 
@@ -185,9 +187,11 @@ def test_one_pet_voxel_lesion_is_on_a_finer_ct_grid(model, suv):
     # no CT voxel centre within 0.4 mm of the lesion's centre on any axis
     ct = phantom([], (80, 80, 60), spacing, centre + 0.4 - np.array([40, 40, 30]) * spacing, kind="CT",
                  body_radius_mm=30.0)  # air around the body: a CT must look like one
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
 
     assert result.totals.lesion_count == 1 and result.lesions[0].voxels == 1
+    # the default rule leaves such a speck (one PET voxel, under 0.1 mL) out of the lesion table
+    assert segment_study(ct, pet, model).totals.lesion_count == 0
     assert result.lesions[0].on_ct and result.not_on_ct == {}
     found = np.argwhere(sitk.GetArrayViewFromImage(result.label_ct) == 1)[:, ::-1]  # (x, y, z) indices
     assert len(found) >= 1 and set(np.unique(sitk.GetArrayViewFromImage(result.label_ct))) == {0, 1}
@@ -205,7 +209,7 @@ def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
     spacing = np.array([0.9, 0.9, 1.25])
     ct_origin = np.array([-40.72, -40.72 + 8 * 2.036, -45.0])
     ct = phantom([], (90, 70, 70), spacing, ct_origin, kind="CT", body_radius_mm=30.0)
-    result = segment_study(ct, pet, model)
+    result = segment_study(ct, pet, model, ALL)
 
     assert result.totals.lesion_count == 2
     by_centre = {tuple(np.round(centres[index], 3)): index for index in centres}
@@ -219,15 +223,14 @@ def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
 
 
 def test_min_suv_max_drops_lesions_below_it_and_keeps_ids_consecutive(model):
-    from VeloxSegSlicerLib.engine import SegmentOptions
 
     # Both spheres are above the model's SUV 4 threshold; the larger one is barely so.
     spheres = [((30.0, 0.0, 0.0), 14.0, 5.0), ((-35.0, 10.0, 5.0), 8.0, 9.0)]
     pet = phantom(spheres, (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0))
     ct = phantom([], (60, 60, 40), (3.3, 3.3, 3.3), (-99.0, -99.0, -66.0), kind="CT")
-    both = segment_study(ct, pet, model)
+    both = segment_study(ct, pet, model, ALL)
     assert sorted(round(lesion.suv_max, 3) for lesion in both.lesions) == [5.0, 9.0]
-    hot = segment_study(ct, pet, model, SegmentOptions(min_suv_max=7.0))
+    hot = segment_study(ct, pet, model, SegmentOptions(min_lesion_ml=0.0, min_suv_max=7.0))
     assert hot.totals.lesion_count == 1
     assert hot.lesions[0].id == 1 and hot.lesions[0].suv_max == pytest.approx(9.0)
     for label in (hot.label_ct, hot.label_pet):
