@@ -106,3 +106,13 @@ def hot_voxel_pet(voxels, size, spacing, origin, seed=0) -> sitk.Image:
     for (x, y, z), suv in voxels.items():
         array[z, y, x] = suv
     return make_image(array, spacing, origin)
+
+
+def poll_like_a_batch_worker(events, cancel) -> None:
+    """A stand-in `veloxseg batch --workers` process (spawn target): set up as a worker, then poll the
+    cancel flag and report stages as fast as it can until cancelled."""
+    from VeloxSegSlicerLib.engine import batch_local
+
+    batch_local.init_worker(events, cancel)
+    while not batch_local.cancel_requested():
+        events.put(("worker", "study", 0.5, "inference"))

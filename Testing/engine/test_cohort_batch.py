@@ -7,6 +7,7 @@ a cancelled batch leaves no partial file."""
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import shutil
 import signal
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
-from engine_helpers import phantom
+from engine_helpers import phantom, poll_like_a_batch_worker
 
-from VeloxSegSlicerLib.engine import batch_study, cli
+from VeloxSegSlicerLib.engine import batch_local, batch_study, cli
 from VeloxSegSlicerLib.engine.batch import run_batch
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
@@ -253,6 +254,32 @@ def test_local_workers_killed_mid_study_are_replaced(cohort, sequential, tmp_pat
     assert not batch_study.read_record(output / "a_slow")["worker"].endswith(tuple(f":{p}" for p in killed["pids"]))
     _assert_same_results(output, sequential)
     assert not _partial_files(output)
+
+
+def test_a_worker_killed_at_any_instant_cannot_freeze_the_others():
+    """A SIGKILLed process never releases a lock it held. Kill one of two workers while both poll the
+    cancel flag and report stages in a tight loop: the survivor still sees the cancel and exits."""
+    context = multiprocessing.get_context("spawn")
+    cancel = batch_local.cancel_flag(context)
+    for trial in range(6):
+        cancel.value = False
+        events = context.Queue()  # what run_local gives each pool
+        victim, survivor = (context.Process(target=poll_like_a_batch_worker, args=(events, cancel))
+                            for _ in range(2))
+        victim.start()
+        survivor.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and events.qsize() < 200:
+            time.sleep(0.01)  # both are in their loops
+        time.sleep(0.05 * trial)
+        victim.kill()
+        victim.join(10)
+        cancel.value = True
+        survivor.join(20)
+        alive = survivor.is_alive()
+        if alive:
+            survivor.kill()
+        assert not alive, f"trial {trial}: the surviving worker was frozen by its killed sibling"
 
 
 # --- Dask ------------------------------------------------------------------------------------------------
