@@ -40,6 +40,15 @@ def _quiet_itk():
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
+def _itk_or_refuse(call, message):
+    """Run an ITK reader call quietly; its failure becomes an InputError: message(ITK's own last line)."""
+    try:
+        with _quiet_itk():
+            return call()
+    except RuntimeError as exc:
+        raise InputError(message(_last_line(exc))) from None
+
+
 def _describe(path: Path) -> str:
     return f"'{path}'"
 
@@ -147,12 +156,8 @@ def read_dicom_series(path, modality: str, pixel_type=sitk.sitkUnknown):
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOn()
     reader.SetOutputPixelType(pixel_type)
-    try:
-        with _quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(
-            f"{modality}: cannot read the DICOM series in {_describe(path)}: {_last_line(exc)}") from None
+    image = _itk_or_refuse(reader.Execute,
+                           lambda why: f"{modality}: cannot read the DICOM series in {_describe(path)}: {why}")
     image = check_geometry(image, modality, path)
     _check_slice_positions(reader, files, modality, path)
     if image.GetPixelID() == sitk.sitkFloat64:  # rescaled slices come out float64; float32 halves memory
@@ -182,14 +187,9 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
     nonfinite = verify_image_file(path, modality)  # before ITK, which may zero-fill what is missing
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    try:
-        with _quiet_itk():
-            reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(
-            f"{modality} file {_describe(path)} cannot be read as an image ({_last_line(exc)}). Supported: NIfTI "
-            "(.nii, .nii.gz), NRRD, MHA, or a DICOM series folder."
-        ) from None
+    _itk_or_refuse(reader.ReadImageInformation, lambda why: (
+        f"{modality} file {_describe(path)} cannot be read as an image ({why}). Supported: NIfTI (.nii, .nii.gz), "
+        "NRRD, MHA, or a DICOM series folder."))
     # Before any conversion: with an output pixel type set, ITK would silently turn a vector image scalar.
     components = reader.GetNumberOfComponents()
     if components != 1:
@@ -200,13 +200,8 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
     if pixel_type == sitk.sitkUnknown and reader.GetPixelID() == sitk.sitkFloat64:
         pixel_type = sitk.sitkFloat32  # convert while reading: no float64 copy of a whole-body volume
     reader.SetOutputPixelType(pixel_type)
-    try:
-        with _quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(
-            f"{modality} file {_describe(path)} cannot be read ({_last_line(exc)}). Copy or export it again."
-        ) from None
+    image = _itk_or_refuse(reader.Execute, lambda why: (
+        f"{modality} file {_describe(path)} cannot be read ({why}). Copy or export it again."))
     if nonfinite:
         raise InputError(
             f"{modality} file {_describe(path)} has {nonfinite} voxel{'s' if nonfinite != 1 else ''} that are NaN or "
