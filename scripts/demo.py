@@ -54,6 +54,7 @@ def main(argv=None):
     sys.path.insert(0, str(REPO / "VeloxSegSlicer"))
     from VeloxSegSlicerLib import batch, rendering
     from VeloxSegSlicerLib.engine import VeloxSegError
+    from VeloxSegSlicerLib.engine.progress import plural
     from VeloxSegSlicerLib.headless import HeadlessSlicer, loadVolume
     from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
 
@@ -88,7 +89,7 @@ def main(argv=None):
                 centerRas=rendering.lesionCenterRas(seg, table)))
         rows = table.GetTable()
         total = rows.GetNumberOfRows() - 1
-        print(f"{name}: {table.GetAttribute('VeloxSeg.LesionCount')} lesion(s), "
+        print(f"{name}: {plural(int(table.GetAttribute('VeloxSeg.LesionCount')), 'lesion')}, "
               f"total MTV {rows.GetColumnByName('MTV_mL').GetValue(total):.2f} mL, "
               f"TLG {rows.GetColumnByName('TLG_g').GetValue(total):.2f} g, "
               f"SUVmax {rows.GetColumnByName('SUVmax').GetValue(total):.2f} "

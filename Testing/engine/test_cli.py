@@ -73,7 +73,7 @@ def test_segment_small_real_study(tmp_path, capsys, manifest_path):
     assert rows and rows[0]["lesion_id"] == "1"
     assert float(rows[0]["suv_max"]) == pytest.approx(21.676, abs=0.01)  # the sarcoma's SUVmax
     assert int(sitk.GetArrayFromImage(label).max()) == len(rows)
-    assert "lesion(s)" in stdout
+    assert f"{len(rows)} lesion{'' if len(rows) == 1 else 's'}, total MTV" in stdout
 
 
 def test_gaussian_blending_reaches_the_engine(tmp_path, capsys, manifest_path, monkeypatch):
@@ -110,7 +110,7 @@ def test_segment_reports_a_lesion_outside_the_ct_field_of_view(tmp_path, capsys,
     assert sorted(row["on_ct"] for row in rows.values()) == ["0", "1"]
     outside = next(lesion_id for lesion_id, row in rows.items() if row["on_ct"] == "0")
     assert f"lesion {outside}: " in stdout and "not on the CT label: outside the CT field of view" in stdout
-    assert "2 lesion(s)" in stdout and "1 not on the CT label" in stdout
+    assert "2 lesions," in stdout and "1 not on the CT label" in stdout
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert set(np.unique(label).tolist()) == {0} | {int(i) for i, row in rows.items() if row["on_ct"] == "1"}
 

@@ -36,6 +36,7 @@ from .engine import (
     segment_study,
 )
 from .engine.pipeline import ReleasableImage
+from .engine.progress import plural
 
 try:  # real Slicer; slicer-core has no ScriptedLoadableModule (the tests provide a stub)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
@@ -198,7 +199,8 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         report(_ENGINE_END, "Creating segments and statistics")
         segNode, tableNode = self.finish(job, showResult=showResult)
         report(1.0, "Done")
-        logging.info(f"VeloxSeg: {len(job.result.lesions)} lesion(s) in {job.seconds:.1f} s on {job.deviceUsed}")
+        found = plural(len(job.result.lesions), "lesion")
+        logging.info(f"VeloxSeg: {found} in {job.seconds:.1f} s on {job.deviceUsed}")
         return segNode, tableNode
 
     def segmentFolder(self, inputDir, outputDir, ctPattern=None, petPattern=None, device="cpu", threads=1,
@@ -231,7 +233,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
             summary.append(self._segmentCase(case, outputDir, caseProgress, cancelCallback, device, threads,
                                              overlap, minLesionMl, oneSegmentPerLesion, blending, minSuvMax))
         batch.writeSummary(summary, os.path.join(outputDir, "summary.csv"))
-        report(1.0, f"Done: {len(cases)} case(s)")
+        report(1.0, f"Done: {plural(len(cases), 'case')}")
         return summary
 
     def _segmentCase(self, case, outputDir, report, cancelCallback, device, threads, overlap, minLesionMl,

@@ -21,7 +21,7 @@ from .imageio import read_ct
 from .manifest import load_manifest, verify_model_file
 from .outputs import AtomicOutputs, check_label_path, check_writable
 from .pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX, ReleasableImage, SegmentOptions, segment_study
-from .progress import ProgressBar
+from .progress import ProgressBar, plural
 from .runtime import load_model
 from .sliding_window import BLENDINGS
 from .suv import read_pet_suv
@@ -156,7 +156,7 @@ def command_segment(args, cancelled=None) -> int:
     totals = result.totals
     absent = len(result.not_on_ct)
     print(
-        f"{totals.lesion_count} lesion(s), total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
+        f"{plural(totals.lesion_count, 'lesion')}, total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
         f"{totals.total_tlg:.2f}; {result.windows_run} patches on {result.device} in "
         f"{time.perf_counter() - started:.1f} s"
         + (f"; {absent} not on the CT label (PET statistics only)" if absent else "")

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import InputError, ModelError
 from .manifest import Manifest, load_manifest, verify_model_file
+from .progress import plural
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -65,7 +66,8 @@ def capped_threads(threads: int):
     on 2 cores: 19 s a patch instead of 1.3 s) and delay a cancel by as long, so they are capped."""
     cores = available_cores()
     if threads > cores:
-        return cores, f"{threads} threads asked for, but this machine has {cores} CPU core(s) available; using {cores}."
+        return cores, (f"{threads} threads asked for, but this machine has {plural(cores, 'CPU core')} available; "
+                       f"using {cores}.")
     return threads, None
 
 
