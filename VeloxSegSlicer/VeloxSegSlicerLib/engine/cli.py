@@ -157,7 +157,7 @@ def command_segment(args, cancelled=None) -> int:
     absent = len(result.not_on_ct)
     print(
         f"{plural(totals.lesion_count, 'lesion')}, total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
-        f"{totals.total_tlg:.2f}; {result.windows_run} patches on {result.device} in "
+        f"{totals.total_tlg:.2f}; {plural(result.windows_run, 'patch', 'patches')} on {result.device} in "
         f"{time.perf_counter() - started:.1f} s"
         + (f"; {absent} not on the CT label (PET statistics only)" if absent else "")
     )
