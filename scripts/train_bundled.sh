@@ -27,8 +27,10 @@ if [ ! -f work-data/prep2/dataset.json ]; then
   "$bin/veloxseg-train" synth --out work-data/synth2 --count 160 --seed 0 --workers 2 --force
   "$bin/veloxseg-train" synth --out work-data/realbg --count 66 --seed 0 --backgrounds "$ibsi" \
       --background-split 0.1 0.15 0 --force
+  keep=()  # a run in progress keeps its normalisation constants (recorded with its fingerprint)
+  [ -f "$fingerprint" ] && keep=(--normalization "$fingerprint")
   "$bin/veloxseg-train" prepare --out work-data/prep2 --synthetic work-data/synth2 --synthetic work-data/realbg \
-      --cases "$ibsi" --val-fraction 0.1 --test-fraction 0.15 --seed 0 --workers 2 --force
+      --cases "$ibsi" --val-fraction 0.1 --test-fraction 0.15 --seed 0 --workers 2 --force "${keep[@]}"
 fi
 if [ ! -f work-data/heldout/manifest.json ]; then  # validation only: phantoms of the held-out family
   "$bin/veloxseg-train" synth --out work-data/heldout --count 20 --seed 1000 --family held_out \

@@ -156,3 +156,26 @@ def test_command_line(four_cases, tmp_path, capsys):
     assert json.loads((out / "dataset.json").read_text())["format"] == "veloxseg-prepared/1"
     assert cli_main(["prepare", "--out", str(tmp_path / "x"), "--cases", str(tmp_path / "missing")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_given_normalisation_is_kept_and_a_bad_file_refused(prepared, four_cases, tmp_path, capsys):
+    """A run resumed on regenerated data keeps its constants: prepare --normalization takes them from a
+    fingerprint/dataset/manifest file instead of computing them."""
+    computed = load_dataset(prepared)["normalization"]
+    run_constants = json.loads(json.dumps(computed))
+    run_constants["CT"]["mean"] += 1.5
+    run_constants["PET"]["std"] *= 1.01
+    given = tmp_path / "data_fingerprint.json"
+    given.write_text(json.dumps({"normalization": run_constants, "cases": {}}))
+    out = tmp_path / "prep"
+    assert cli_main(["prepare", "--out", str(out), "--cases", str(four_cases), "--normalization", str(given)]) == 0
+    dataset = load_dataset(out)
+    assert dataset["normalization"] == run_constants != computed
+    assert dataset["normalization_method"].startswith("given")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"normalization": {"CT": {"mean": 0.0}}}))
+    capsys.readouterr()
+    assert cli_main(["prepare", "--out", str(tmp_path / "p2"), "--cases", str(four_cases), "--normalization",
+                     str(broken)]) == 1
+    assert "not a JSON file with a complete 'normalization' entry" in capsys.readouterr().err
+    assert not (tmp_path / "p2" / "dataset.json").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -26,7 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unusable cases (listed in dataset.json 'excluded') instead of failing")
+    parser.add_argument("--normalization", type=Path, metavar="JSON",
+                        help="keep these normalisation constants instead of computing them: a JSON file with a "
+                             "'normalization' entry (a run's data_fingerprint.json, a dataset.json, a model "
+                             "manifest), so a run resumed on regenerated data scales its inputs as before")
     parser.add_argument("--force", action="store_true", help="replace an existing prepared dataset in --out")
+
+
+def _given_normalization(path: Path) -> dict:
+    """The 'normalization' entry of a JSON file, checked for what the loader uses (ValueError otherwise)."""
+    try:
+        constants = json.loads(path.read_text(encoding="utf-8"))["normalization"]
+        for modality in ("CT", "PET"):
+            for key in ("clip_low", "clip_high", "mean", "std"):
+                float(constants[modality][key])
+        if float(constants["CT"]["std"]) <= 0 or float(constants["PET"]["std"]) <= 0:
+            raise ValueError
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--normalization {path}: not a JSON file with a complete 'normalization' entry (CT and "
+                         f"PET clip_low, clip_high, mean, std > 0) ({type(exc).__name__})") from None
+    return constants
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,11 +68,12 @@ def run(args: argparse.Namespace) -> int:
         for old in (args.out / CASES_DIR).glob("*.npz"):
             old.unlink()
     try:
+        constants = _given_normalization(args.normalization) if args.normalization else None
         cases = find_all(args.autopet, args.cases, args.synthetic)
         options = PrepareOptions(spacing_xyz=tuple(args.spacing), compress=args.compress,
                                  pet_clip_high=args.pet_clip_high, val_fraction=args.val_fraction,
                                  test_fraction=args.test_fraction, seed=args.seed,
-                                 workers=max(1, args.workers), skip_bad=args.skip_bad)
+                                 workers=max(1, args.workers), skip_bad=args.skip_bad, normalization=constants)
         bar = Progress("prepare", len(cases))
         try:
             dataset = prepare_dataset(cases, args.out, options, bar.update)

@@ -60,6 +60,8 @@ class PrepareOptions:
     seed: int = 0
     workers: int = 1
     skip_bad: bool = False
+    # Constants to keep instead of computing them (a resumed run must see its inputs scaled as before).
+    normalization: Optional[dict] = None
 
 
 class DatasetError(ValueError):
@@ -186,10 +188,11 @@ def prepare_dataset(cases: Sequence[CaseFiles], out_dir: Path, options: Optional
     dataset = {
         "format": FORMAT,
         "spacing_xyz_mm": [float(s) for s in options.spacing_xyz],
-        "normalization": normalization(total, options.pet_clip_high),
-        "normalization_method": "CT: clip to p0.5/p99.5 of HU over the body voxels of the train split, then "
-                                "their mean/std; PET: clip to [0, clip_high] SUV, mean/std over the same "
-                                "voxels. Apply as (clip(x, low, high) - mean) / std.",
+        "normalization": options.normalization or normalization(total, options.pet_clip_high),
+        "normalization_method": ("given (prepare --normalization), not computed from these cases; "
+                                 if options.normalization else "")
+        + "CT: clip to p0.5/p99.5 of HU over the body voxels of the train split, then their mean/std; PET: clip "
+          "to [0, clip_high] SUV, mean/std over the same voxels. Apply as (clip(x, low, high) - mean) / std.",
         "statistics": {"train_body_voxels": int(total.pet_count), "splits": counts,
                        "seed": options.seed, "val_fraction": options.val_fraction,
                        "test_fraction": options.test_fraction},
