@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -195,6 +196,21 @@ def test_resume_with_mining_continues_exactly(run_mining, tiny_prepared, tmp_pat
     final_b = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     _assert_same_tensors(final_b["state_dict"], final_a["state_dict"])
     _assert_same_tensors(final_b["extra"]["training_state"]["mined"], final_a["extra"]["training_state"]["mined"])
+
+
+def test_a_restored_pool_that_does_not_fit_the_data_is_forgotten(run_mining, tiny_prepared, tmp_path):
+    """Resumed on regenerated data, a mined voxel may lie outside its volume's (now smaller) grid: that volume
+    is dropped from the pool and an ordinary crop taken, instead of the run stopping."""
+    out, _, _, _ = run_mining
+    trainer = Trainer(_config(**MINING), out_dir=tmp_path, data_dir=tiny_prepared,
+                      resume=out / "checkpoints" / "epoch_0001.pt", log=lambda m: None)
+    trainer.setup()
+    trainer.mined.entries[0] = np.array([10**8], dtype=np.int32)  # beyond any test volume
+    _counting_draws(trainer)
+    summary = trainer.run()
+    assert summary["status"] == "finished" and summary["global_step"] == 2
+    final = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["extra"]["training_state"]["mined"]
+    assert all(int(v.max()) < 10**8 for v in final.values())  # re-mined, not the stale voxel
 
 
 def test_speed_switches_give_the_same_losses(tiny_prepared, tmp_path):

@@ -46,6 +46,10 @@ class HardNegativePool:
                 self.entries.popitem(last=False)
         return int(np.count_nonzero(false_positive))
 
+    def forget(self, index: int) -> None:
+        """Drop volume `index` (its recorded voxels no longer fit it: the data were regenerated)."""
+        self.entries.pop(index, None)
+
     def draw(self, rng: np.random.Generator) -> Tuple[int, int]:
         """(volume index, flat voxel index) of one false positive, volumes equally likely."""
         keys = list(self.entries)

@@ -473,8 +473,13 @@ class Trainer:
         for _ in range(self.config.crops_per_volume):
             mined = self.mined.draw(self.rng) if self.rng.random() < self.config.mine_fraction and \
                 len(self.mined) else None
-            if mined is not None:
-                source = self.train_store[mined[0]]
+            source = self.train_store[mined[0]] if mined is not None else None
+            if source is not None and mined[1] >= int(np.prod(source.shape)):
+                # A pool restored from a checkpoint of other (regenerated) data: its voxel lies outside this
+                # volume's grid. Forget that volume; the next mining round records it afresh.
+                self.mined.forget(mined[0])
+                source = None
+            if source is not None:
                 centre = tuple(int(i) for i in np.unravel_index(mined[1], source.shape))
                 crops.append(self.sampler.crop(source, self.sampler.jittered(centre, self.rng)))
             else:
