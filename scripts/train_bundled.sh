@@ -51,7 +51,14 @@ elif [ -f "$state" ]; then
   cp "$logs"/log_*.csv "$run/" 2>/dev/null || true
   resume=(--resume "$run/checkpoints/last.pt")
 fi
-nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" --time-budget "$minutes"
+# glibc hands the step's large activation blocks back to the kernel and faults them in again at the next step
+# (a fifth of the run's CPU time in the kernel); keeping them in the heap is faster (benchmarks/train_allocator.py)
+export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184}"
+status=0  # stopped early (Ctrl-C, SIGTERM) the trainer saves its state and exits 130: keep that state too
+nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" --time-budget "$minutes" \
+  || status=$?
+unset GLIBC_TUNABLES
+[ -f "$run/checkpoints/last.pt" ] || exit "$status"
 
 # 3. keep the state and the logs in the repository (replace, never add)
 mkdir -p "$(dirname "$state")" "$logs"
@@ -61,7 +68,7 @@ cp "$run"/log_steps.csv "$run"/log_epochs.csv "$logs/"
 cp "$run"/plots/*.png "$logs/" 2>/dev/null || true
 
 # 4. optionally export the weights as the bundled model and evaluate it (real held-out, both phantom families)
-if [ -n "${EXPORT_VERSION:-}" ]; then
+if [ -n "${EXPORT_VERSION:-}" ] && [ "$status" -eq 0 ]; then
   "$bin/veloxseg-train" export "$run/checkpoints/last.pt" --out VeloxSegSlicer/Resources/Models/veloxseg.onnx \
       --model-version "$EXPORT_VERSION" \
       --data "160 phantoms of the training family (seed 0) + 66 IBSI train-split studies with inserted synthetic lesions + 29 IBSI STS studies; split train/val/test per source (seed 0); recipe Training/configs/wholebody.toml"
@@ -70,3 +77,4 @@ if [ -n "${EXPORT_VERSION:-}" ]; then
       --threads 0
   "$bin/veloxseg-train" evaluate --model "$model" --cases work-data/heldout --out work-data/eval/heldout --threads 0
 fi
+exit "$status"

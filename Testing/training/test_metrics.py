@@ -183,6 +183,29 @@ def test_table_rule_keeps_lesions_meeting_both_thresholds():
     assert apply_rule(ids, [], TableRule())[1] == 0
 
 
+def test_evaluation_gets_every_lesion_from_the_engine(monkeypatch):
+    # The engine lists only lesions of >= 0.1 mL and SUVmax >= 2 by default; evaluate applies its rules itself,
+    # so it must ask for all of them (it once scored the default rule as "every lesion").
+    from types import SimpleNamespace
+
+    import SimpleITK as sitk
+
+    import VeloxSegSlicerLib.engine as engine
+    from veloxseg_train import evaluate as evaluation
+
+    asked = {}
+
+    def fake_segment_study(ct, pet, model, options):
+        asked["options"] = options
+        return SimpleNamespace(label_ct=sitk.Image(4, 4, 4, sitk.sitkUInt16), label_pet=None, lesions=[])
+
+    monkeypatch.setattr(engine, "segment_study", fake_segment_study)
+    image = sitk.Image(4, 4, 4, sitk.sitkFloat32)
+    case = SimpleNamespace(name="c", ct=image, pet=image, label=sitk.Image(4, 4, 4, sitk.sitkUInt8))
+    evaluation.predict_lesions(case, model=None, overlap=0.25, blending="gaussian")
+    assert asked["options"].min_lesion_ml == 0 and asked["options"].min_suv_max == 0
+
+
 @pytest.mark.parametrize("text", ["0.5", "a:b", "1:2:3", ""])
 def test_evaluate_refuses_a_malformed_rule(tmp_path, capsys, text):
     from veloxseg_train.cli import main

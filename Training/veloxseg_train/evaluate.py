@@ -211,7 +211,9 @@ def predict_lesions(case: EvalCase, model, overlap: float, blending: str):
     from VeloxSegSlicerLib.engine import SegmentOptions, VeloxSegError, segment_study
 
     try:
-        result = segment_study(case.ct, case.pet, model, SegmentOptions(overlap=overlap, blending=blending))
+        # no lesion-table rule here: the engine's default one would hide what "model" and each --rule score
+        options = SegmentOptions(overlap=overlap, blending=blending, min_lesion_ml=0.0, min_suv_max=0.0)
+        result = segment_study(case.ct, case.pet, model, options)
     except VeloxSegError as error:
         raise EvaluationError(f"case {case.name}: {error}") from None
     source = result.label_ct if _same_grid(case.label, case.ct) else result.label_pet
