@@ -53,11 +53,10 @@ elif [ -f "$state" ]; then
 fi
 # glibc hands the step's large activation blocks back to the kernel and faults them in again at the next step
 # (a fifth of the run's CPU time in the kernel); keeping them in the heap is faster (benchmarks/train_allocator.py)
-export GLIBC_TUNABLES="${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184}"
+tunables="${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184}"
 status=0  # stopped early (Ctrl-C, SIGTERM) the trainer saves its state and exits 130: keep that state too
-nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" --time-budget "$minutes" \
-  || status=$?
-unset GLIBC_TUNABLES
+GLIBC_TUNABLES="$tunables" nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" \
+  --time-budget "$minutes" || status=$?
 [ -f "$run/checkpoints/last.pt" ] || exit "$status"
 
 # 3. keep the state and the logs in the repository (replace, never add)
