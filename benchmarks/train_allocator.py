@@ -38,20 +38,11 @@ ALLOCATORS = {
 
 def child(prep: Path, threads: int, work: Path) -> None:
     """One allocator's process: build the trainer, then run the step named on each stdin line."""
-    import dataclasses
-
     import torch
-
-    from veloxseg_train.train_config import load_config
-    from veloxseg_train.trainer import Trainer
+    from train_throughput import make_trainer  # this folder is on sys.path when the script runs
 
     torch.set_num_threads(threads)
-    root = Path(__file__).resolve().parents[1]
-    recipe = load_config(root / "Training/configs/wholebody.toml")
-    config = dataclasses.replace(recipe, data_dir=str(prep), val_split="", cache_volumes=True, mine_every=0,
-                                 num_threads=threads, progress_bar=False)
-    trainer = Trainer(config, out_dir=work, log=lambda _: None)
-    trainer.setup()
+    trainer = make_trainer(prep, threads, work)
     print("ready", flush=True)
     for line in sys.stdin:
         k = int(line)

@@ -43,6 +43,16 @@ def make_data(work: Path) -> Path:
     return prep
 
 
+def make_trainer(prep: Path, threads: int, out_dir: Path, **switches) -> Trainer:
+    """A set-up Trainer of the bundled recipe on the small data set: volumes cached, no validation or mining."""
+    recipe = load_config(ROOT / "Training/configs/wholebody.toml")
+    config = dataclasses.replace(recipe, data_dir=str(prep), val_split="", cache_volumes=True, mine_every=0,
+                                 num_threads=threads, progress_bar=False, **switches)
+    trainer = Trainer(config, out_dir=out_dir, log=lambda _: None)
+    trainer.setup()
+    return trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per path after the warm-up step")
@@ -54,13 +64,8 @@ def main() -> None:
     prep = make_data(work)
 
     recipe = load_config(ROOT / "Training/configs/wholebody.toml")
-    trainers = {}
-    for name, switches in SWITCHES.items():
-        config = dataclasses.replace(recipe, data_dir=str(prep), val_split="", cache_volumes=True, mine_every=0,
-                                     num_threads=args.threads, progress_bar=False, **switches)
-        trainer = Trainer(config, out_dir=work / f"run_{name}", log=lambda _: None)
-        trainer.setup()
-        trainers[name] = trainer
+    trainers = {name: make_trainer(prep, args.threads, work / f"run_{name}", **switches)
+                for name, switches in SWITCHES.items()}
 
     plan = [[i % 4, (i + 1) % 4] for i in range(args.steps + 1)]
     times = {name: [] for name in trainers}
