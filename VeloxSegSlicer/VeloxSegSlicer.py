@@ -297,6 +297,8 @@ class VeloxSegSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 device=(job.deviceUsed or "cpu").upper())
             if job.deviceNote:
                 text += " " + job.deviceNote
+            for warning in job.result.warnings:  # e.g. a CT covering only part of the PET (also in the log)
+                text += " " + _("Warning: {warning}").format(warning=warning)
             self._setStatus(text)
 
     def onShowTableButton(self):

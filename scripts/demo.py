@@ -22,6 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "VeloxSegSlicer" / "Resources" / "SampleData"
+sys.path.insert(0, str(REPO / "VeloxSegSlicer"))
+# The lesion table's rule, defined once in the engine: the demo lists what `veloxseg segment` lists.
+from VeloxSegSlicerLib.engine.pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,7 +37,11 @@ def parse_args(argv=None):
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads, 0 = all cores (default 1)")
     parser.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0, 0.25, 0.5)")
-    parser.add_argument("--min-lesion-ml", type=float, default=0.0, help="drop smaller lesions (mL)")
+    parser.add_argument("--min-lesion-ml", type=float, default=DEFAULT_MIN_LESION_ML,
+                        help=f"list only lesions of at least X mL (default {DEFAULT_MIN_LESION_ML:g}; 0 keeps all)")
+    parser.add_argument("--min-suv-max", type=float, default=DEFAULT_MIN_SUV_MAX,
+                        help=f"list only lesions whose SUVmax is at least S (default {DEFAULT_MIN_SUV_MAX:g}; "
+                        "0 keeps all)")
     parser.add_argument("--one-segment", action="store_true", help="one segment for all lesions")
     parser.add_argument("--no-png", action="store_true", help="skip the rendered overview")
     return parser.parse_args(argv)
@@ -51,7 +58,6 @@ def case_name(path):
 def main(argv=None):
     args = parse_args(argv)
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen, no X server
-    sys.path.insert(0, str(REPO / "VeloxSegSlicer"))
     from VeloxSegSlicerLib import batch, rendering
     from VeloxSegSlicerLib.engine import VeloxSegError
     from VeloxSegSlicerLib.engine.progress import plural
@@ -76,8 +82,8 @@ def main(argv=None):
 
         try:
             seg, table = logic.segment(ct, pet, device=args.device, threads=args.threads, overlap=args.overlap,
-                                       minLesionMl=args.min_lesion_ml, oneSegmentPerLesion=not args.one_segment,
-                                       progressCallback=progress)
+                                       minLesionMl=args.min_lesion_ml, minSuvMax=args.min_suv_max,
+                                       oneSegmentPerLesion=not args.one_segment, progressCallback=progress)
         except VeloxSegError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -7,9 +7,10 @@
 #
 # The data are deterministic by seed (phantoms, lesions in the IBSI backgrounds, splits), so a fresh machine
 # rebuilds exactly the volumes the run was trained on. The run's state (weights, optimiser, schedule,
-# position, RNG streams, mined false positives: Training/runs/wholebody/state.pt, replaced at every stop)
-# and its logs (VeloxSegSlicer/Resources/Models/training/) are in the repository: commit them after a
-# session and the next one resumes exactly where this one stopped.
+# position, RNG streams: Training/runs/wholebody/state.pt, a compact state of ~4.6 MB replaced at every stop,
+# see Training/veloxseg_train/run_state.py) and its logs (VeloxSegSlicer/Resources/Models/training/) are in
+# the repository: commit them once per session and the next one resumes where this one stopped (optimiser
+# moments rebuilt, the LR ramped up again). Between commits the run lives in work-data/.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -55,13 +56,14 @@ fi
 # (a fifth of the run's CPU time in the kernel); keeping them in the heap is faster (benchmarks/train_allocator.py)
 tunables="${GLIBC_TUNABLES:-glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184}"
 status=0  # stopped early (Ctrl-C, SIGTERM) the trainer saves its state and exits 130: keep that state too
+mkdir -p "$run" && touch "$run/.session-start"  # a last.pt older than this holds no training of this session
 GLIBC_TUNABLES="$tunables" nice "$bin/veloxseg-train" train --config Training/configs/wholebody.toml "${resume[@]}" \
   --time-budget "$minutes" || status=$?
-[ -f "$run/checkpoints/last.pt" ] || exit "$status"
+[ "$run/checkpoints/last.pt" -nt "$run/.session-start" ] || exit "$status"
 
-# 3. keep the state and the logs in the repository (replace, never add)
+# 3. keep the compact state and the logs in the repository (replace, never add)
 mkdir -p "$(dirname "$state")" "$logs"
-cp "$run/checkpoints/last.pt" "$state.tmp" && mv "$state.tmp" "$state"
+"$bin/python" -m veloxseg_train.run_state "$run/checkpoints/last.pt" "$state"
 [ -f "$fingerprint" ] || "$bin/python" -m veloxseg_train.data.fingerprint work-data/prep2 --write "$fingerprint"
 cp "$run"/log_steps.csv "$run"/log_epochs.csv "$logs/"
 cp "$run"/plots/*.png "$logs/" 2>/dev/null || true

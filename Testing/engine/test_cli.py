@@ -135,6 +135,30 @@ def test_info(capsys, manifest_path):
     assert "VeloxSeg-test-threshold" in stdout and "SHA-256 verified" in stdout
 
 
+def _help(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_segment_help_names_every_output_format(capsys):
+    text = " ".join(_help(capsys, "segment").split())  # argparse wraps lines
+    assert ".nii.gz, .nii, .nrrd, .seg.nrrd, .mha" in text and "segmentation for 3D Slicer" in text
+
+
+def test_batch_help_speaks_to_users_not_developers(capsys):
+    text = _help(capsys, "batch")
+    # what a user needs: outputs, resuming, the summary, and the rule naming a study's CT and PET
+    for needed in ("lesions.nii.gz", "veloxseg_run.json", "summary.csv", "rerun skips", "CT_on_PET_grid"):
+        assert needed in text
+    # no pointers into the engine's code (module and function names are not for users)
+    engine = Path(cli.__file__).parent
+    internal = {p.stem for p in engine.glob("*.py") if "_" in p.stem.strip("_")} | {"find_study_inputs"}
+    assert internal and not [name for name in internal if name in text]
+    assert "see batch" not in text
+
+
 def test_no_command_is_a_usage_error(capsys):
     assert run(capsys)[0] == 2
 
@@ -233,6 +257,15 @@ def test_no_overlap(tmp_path, capsys, manifest_path):
     ct, pet = write_study(tmp_path / "in", pet=phantom([((10.0, -5.0, 960.0), 12.0, 9.0)], kind="PET", **far))
     err = _bad_input(capsys, tmp_path, ct, pet, manifest_path)
     assert "do not overlap" in err
+
+
+def test_too_little_overlap_is_refused_by_the_one_rule(tmp_path, capsys, manifest_path):
+    """The engine applies checks.MIN_PET_IN_CT_FRACTION (20 %) as the Slicer module and training do: a PET
+    whose field of view lies 90 % outside the CT is refused (the console took any overlap before)."""
+    shifted = dict(GRID, origin=(-80.0, -80.0, -60.0 + 0.9 * 29 * 4.0))  # 10 % of the PET's length in the CT
+    ct, pet = write_study(tmp_path / "in", pet=phantom([((10.0, -5.0, 60.0), 12.0, 9.0)], kind="PET", **shifted))
+    err = _bad_input(capsys, tmp_path, ct, pet, manifest_path)
+    assert "do not overlap enough" in err and "only 10.0 % of the PET's field of view" in err
 
 
 def test_2d_volume(tmp_path, capsys, study, manifest_path):

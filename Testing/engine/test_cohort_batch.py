@@ -196,7 +196,7 @@ def test_ctrl_c_on_the_command_line(cohort, tmp_path):
     # Many studies, so the batch is still running when the signal arrives even on a loaded machine (with the
     # five of the shared cohort, 2 workers could finish them all before the test's poll noticed the first).
     big = tmp_path / "in"
-    names = [f"s{i:02d}" for i in range(16)]
+    names = [f"s{i:02d}" for i in range(32)]
     for name in names:
         shutil.copytree(cohort / "e_plain", big / name)
     output = tmp_path / "out"
@@ -211,7 +211,7 @@ def test_ctrl_c_on_the_command_line(cohort, tmp_path):
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert "Cancelled. 16 studies in" in err and "summary:" in err
+    assert "Cancelled. 32 studies in" in err and "summary:" in err
     assert not _partial_files(output)
     rows = _summary(output)
     assert rows.keys() == set(names)
@@ -345,3 +345,104 @@ def test_without_dask_the_scheduler_option_says_how_to_install_it(cohort, tmp_pa
                               "tcp://127.0.0.1:1")
     assert code == 2 and 'pip install "veloxseg[cluster]"' in err
     assert not (tmp_path / "o" / "summary.csv").exists()  # refused before any study
+
+
+@pytest.fixture
+def small_cohort(tmp_path) -> Path:
+    """Two copies of the small study and one without a PET, for the threshold test model (fast)."""
+    root = tmp_path / "in"
+    for name in ("s1", "s2"):
+        (root / name).mkdir(parents=True)
+        for file in ("ct.nii.gz", "pet.nii.gz"):
+            shutil.copy(SMALL_STUDY / file, root / name / file)
+    (root / "s3").mkdir()
+    shutil.copy(SMALL_STUDY / "ct.nii.gz", root / "s3" / "ct.nii.gz")
+    return root
+
+
+def test_after_study_hook_and_cohort_progress(small_cohort, manifest_path, tmp_path):
+    """The hooks the Slicer Logic builds on: after_study for each study done or skipped, in this process,
+    with its outputs in place (a failure of it fails that study, and a rerun calls it again); progress
+    from 0 to 1, never back."""
+    output = tmp_path / "out"
+    calls, progress = [], []
+
+    def after_study(row, out_dir):
+        assert (out_dir / "veloxseg_run.json").is_file() and (out_dir / "lesions.nii.gz").is_file()
+        calls.append((row["study"], row["status"], os.getpid()))
+        if row["study"] == "s2" and row["status"] == "done":
+            raise OSError("disk full")
+
+    report = run_batch(small_cohort, output, model=str(manifest_path), workers=2, show_progress=False,
+                       progress=lambda fraction, text: progress.append((fraction, text)), after_study=after_study)
+    assert sorted(calls) == [("s1", "done", os.getpid()), ("s2", "done", os.getpid())]
+    rows = {row["study"]: row for row in report.rows}
+    assert [rows[s]["status"] for s in ("s1", "s2", "s3")] == ["done", "failed", "failed"]
+    assert rows["s2"]["message"] == "segmented, but its extra outputs failed: disk full" and report.exit_code == 4
+    assert _summary(output)["s2"]["status"] == "failed"
+    fractions = [fraction for fraction, _ in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0) and 0 < fractions[0] < 1
+    assert any(": Inference" in text for _, text in progress)  # the workers' stages come through
+
+    calls.clear()
+    report = run_batch(small_cohort, output, model=str(manifest_path), workers=1, show_progress=False,
+                       after_study=after_study)
+    assert sorted(calls) == [("s1", "skipped", os.getpid()), ("s2", "skipped", os.getpid())]
+    assert [row["status"] for row in report.rows] == ["skipped", "skipped", "failed"]
+
+
+_API_SCRIPT = """\
+from VeloxSegSlicerLib.engine.batch import run_batch
+{body}
+"""
+_CALL = """report = run_batch({inputs!r}, {output!r}, model={model!r}, workers=2)
+print("TALLY", report.tally(), report.exit_code)"""
+
+
+def _run_api_script(tmp_path, inputs, output, model, guarded: bool, prefix: str = "") -> subprocess.CompletedProcess:
+    """docs/cli.md's `run_batch(..., workers=2)` example saved as a script and run with `python api.py`."""
+    call = _CALL.format(inputs=str(inputs), output=str(output), model=str(model))
+    if guarded:
+        call = 'if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in call.splitlines())
+    script = tmp_path / output.name / "api.py"
+    script.parent.mkdir()
+    script.write_text(prefix + _API_SCRIPT.format(body=call))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "VeloxSegSlicer"), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "api.py"], cwd=script.parent, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_the_documented_api_script_with_workers(small_cohort, manifest_path, tmp_path):
+    """Without `if __name__ == "__main__":` each spawned worker re-runs the script: the batch stops at once
+    with that cause and its fix (not "a worker died ... out of memory" after three tries per study), the
+    workers write nothing; with the guard the same script works and the summary is written once."""
+    output = tmp_path / "unguarded_out"
+    run = _run_api_script(tmp_path, small_cohort, output, manifest_path, guarded=False)
+    assert run.returncode != 0 and "TALLY" not in run.stdout
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("VeloxSegSlicerLib.engine.errors.InputError: The worker processes could not start")
+    assert 'if __name__ == "__main__":' in last
+    assert "out of memory" not in run.stderr and "died" not in run.stderr
+    assert run.stderr.count("; summary: ") == 1  # one batch: the workers stopped before theirs
+    assert not list(output.glob("s*/*"))
+
+    output = tmp_path / "guarded_out"
+    run = _run_api_script(tmp_path, small_cohort, output, manifest_path, guarded=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("TALLY") == 1 and "2 done, 1 failed" in run.stdout
+    assert run.stderr.count("; summary: ") == 1
+    assert [row["status"] for row in _summary(output).values()] == ["done", "done", "failed"]
+
+
+def test_a_worker_start_up_error_is_reported_as_one(small_cohort, manifest_path, tmp_path):
+    """Any other error of the workers before their first study (here: the script fails when a worker imports
+    it) stops the batch at once with what happened, not as a worker out of memory after three tries."""
+    prefix = 'if __name__ != "__main__":\n    raise ImportError("only in the workers")\n'
+    output = tmp_path / "broken_out"
+    run = _run_api_script(tmp_path, small_cohort, output, manifest_path, guarded=True, prefix=prefix)
+    assert run.returncode != 0 and "TALLY" not in run.stdout
+    assert "ImportError: only in the workers" in run.stderr  # the workers' own error, printed by them
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("VeloxSegSlicerLib.engine.errors.VeloxSegError: The worker processes stopped while "
+                           "starting, before any study (exit code 1;")
+    assert "out of memory" not in run.stderr and not list(output.glob("s*/*"))

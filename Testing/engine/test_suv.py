@@ -19,7 +19,7 @@ from VeloxSegSlicerLib.engine.suv import SuvHeader, parse_time, suv_factor
 REPO = Path(__file__).resolve().parents[2]
 # the IBSI data beside the checkout (shared/ inside it, or next to it), as the training tests look for it
 IBSI = next((p for p in (REPO / "shared", REPO.parent / "shared") if (p / "data" / "ibsi-sts").is_dir()),
-            REPO / "shared") / "data" / "ibsi-sts"
+            REPO.parent / "shared") / "data" / "ibsi-sts"
 WEIGHT_KG, DOSE_BQ, HALF_LIFE_S = 82.0, 350e6, 6586.2
 SLOPES = [0.5, 1.25, 2.0, 0.75, 3.0]
 
@@ -161,7 +161,7 @@ def test_time_parsing():
 
 
 @pytest.mark.skipif(not (IBSI / "dicom/STS_002/PET/image").is_dir(),
-                    reason=f"IBSI STS_002 DICOM not found at {IBSI / 'dicom/STS_002'} (shared/ beside the checkout)")
+                    reason=f"IBSI STS_002 DICOM not found at {IBSI / 'dicom/STS_002'} (beside the checkout)")
 def test_real_sts002_series_matches_the_ibsi_suv():
     suv = sitk.GetArrayFromImage(read_pet_suv(IBSI / "dicom/STS_002/PET/image"))
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(IBSI / "cases/STS_002/PET_SUV.nii.gz")))

@@ -11,6 +11,12 @@ the argmax marks exactly the voxels with SUV > threshold: tests can predict the 
 With ``zero_background`` the engine's blended logit difference is exactly SUV - threshold (+ ramp), which
 the sliding-window tests check; ``ramp`` makes the output depend on where a voxel sits in its window.
 
+With ``organ_bands_hu`` (one CT value per organ code) the graph has a second output ``organs``, float32
+(N, organs, P/4, P/4, P/4), as `veloxseg-train export` writes for a model with an organ head: the CT
+averaged over each 4x4x4 block of the patch, and per organ the logit -|mean CT - band| / ORGAN_SCALE_HU,
+so each block's organ is the band nearest to its mean HU (the test manifest's CT normalisation keeps HU).
+``organ_entries`` gives the matching manifest entries for ``write_manifest(organs=...)``.
+
 Import it by file path, e.g. ``sys.path.insert(0, str(TESTING / "helpers")); import onnx_models``.
 Never put ``Testing/`` itself on sys.path: ``Testing/slicer/`` would then be merged into slicer-core's
 ``slicer`` namespace package (it scans every ``slicer/`` folder on sys.path) and its test files
@@ -32,9 +38,27 @@ def _sha256(path):
     return digest.hexdigest()
 
 
+# The organ test model's classes: CT band (HU) per code, its name and the site it names (code 0: "other").
+ORGAN_BANDS = (
+    ("other", "lymph node / soft tissue", 40.0),
+    ("lung", "lung", -800.0),
+    ("liver", "liver", 200.0),
+    ("bone_marrow", "bone", 700.0),
+)
+ORGAN_DOWNSAMPLING = 4
+ORGAN_SCALE_HU = 50.0
+
+
+def organ_entries(bands=ORGAN_BANDS, downsampling=ORGAN_DOWNSAMPLING, output="organs"):
+    """The manifest's organ entries (docs/architecture.md) of a model built with these bands."""
+    return {"organ_output": output, "organ_downsampling": downsampling,
+            "organ_names": [name for name, _, _ in bands], "organ_sites": [site for _, site, _ in bands]}
+
+
 def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False, opset=17, ramp=False,
-                         zero_background=False):
-    """Write the threshold model to ``path`` (an .onnx file) and return the path."""
+                         zero_background=False, organ_bands_hu=None):
+    """Write the threshold model to ``path`` (an .onnx file) and return the path; with ``organ_bands_hu``
+    (one HU value per organ code) it has the ``organs`` output too."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -61,11 +85,29 @@ def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False,
     else:
         nodes.append(helper.make_node("Neg", [lesion], ["background"]))
     nodes.append(helper.make_node("Concat", ["background", lesion], ["logits"], axis=1))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)]
+    if organ_bands_hu is not None:
+        f = ORGAN_DOWNSAMPLING
+        bands = np.asarray(organ_bands_hu, dtype=np.float32).reshape(1, -1, 1, 1, 1)
+        initializers += [
+            helper.make_tensor("ct_index", TensorProto.INT64, [1], [0]),
+            numpy_helper.from_array(bands, "bands"),
+            helper.make_tensor("organ_scale", TensorProto.FLOAT, [], [-1.0 / ORGAN_SCALE_HU]),
+        ]
+        nodes += [
+            helper.make_node("Gather", ["image", "ct_index"], ["ct"], axis=1),
+            helper.make_node("AveragePool", ["ct"], ["ct_blocks"], kernel_shape=[f, f, f], strides=[f, f, f]),
+            helper.make_node("Sub", ["ct_blocks", "bands"], ["ct_offsets"]),
+            helper.make_node("Abs", ["ct_offsets"], ["ct_distances"]),
+            helper.make_node("Mul", ["ct_distances", "organ_scale"], ["organs"]),
+        ]
+        outputs.append(helper.make_tensor_value_info(
+            "organs", TensorProto.FLOAT, [batch, len(organ_bands_hu), patch // f, patch // f, patch // f]))
     graph = helper.make_graph(
         nodes,
         "veloxseg_test_threshold",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
+        outputs,
         initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
@@ -79,8 +121,9 @@ def build_threshold_onnx(path, suv_threshold=2.5, patch=96, dynamic_batch=False,
 
 
 def write_manifest(onnx_path, spacing_xyz_mm=(4.0, 4.0, 4.0), patch=96, dynamic_batch=False,
-                   model_name="VeloxSegTestThreshold", opset=17):
-    """Write ``<name>.json`` beside ``onnx_path`` with the architecture.md fields; return its path."""
+                   model_name="VeloxSegTestThreshold", opset=17, organs=None, manifest_path=None):
+    """Write ``<name>.json`` (or ``manifest_path``) beside ``onnx_path`` with the architecture.md fields, plus
+    the ``organs`` entries when given (see organ_entries); return its path."""
     onnx_path = Path(onnx_path)
     manifest = {
         "format": "veloxseg-manifest/1",
@@ -109,7 +152,8 @@ def write_manifest(onnx_path, spacing_xyz_mm=(4.0, 4.0, 4.0), patch=96, dynamic_
             "exporter": "Testing/helpers/onnx_models.py",
         },
     }
-    manifest_path = onnx_path.with_suffix(".json")
+    manifest.update(organs or {})
+    manifest_path = Path(manifest_path) if manifest_path is not None else onnx_path.with_suffix(".json")
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest_path
 

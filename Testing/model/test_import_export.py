@@ -137,3 +137,28 @@ def test_export_refuses_a_checkpoint_without_normalisation(tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(out)]) == 2
     assert "normalisation" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_of_a_model_with_organ_head_has_both_outputs_verified(tmp_path):
+    from veloxseg_train.data.organs import ORGAN_NAMES, SITE_NAMES
+    from veloxseg_train.model import VeloxSegConfig
+
+    torch.manual_seed(4)
+    model = VeloxSeg(VeloxSegConfig.autopet(n_organs=len(ORGAN_NAMES)))
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model, NORMALIZATION, {"data": "unit test"})
+    onnx_path = tmp_path / "veloxseg.onnx"
+    assert main(["export", str(checkpoint), "--out", str(onnx_path)]) == 0
+    manifest = json.loads(onnx_path.with_suffix(".json").read_text())
+    assert manifest["output_name"] == "logits" and manifest["organ_output"] == "organs"
+    assert manifest["organ_names"] == list(ORGAN_NAMES) and manifest["organ_downsampling"] == 4
+    assert manifest["organ_sites"][ORGAN_NAMES.index("liver")] == SITE_NAMES["liver"] == "liver"
+    verification = manifest["provenance"]["verification"]
+    assert verification["batch_1_organs"]["argmax_identical"]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randn(1, 2, 96, 96, 96)
+    logits, organs = session.run(["logits", "organs"], {"image": x.numpy()})
+    with torch.inference_mode():
+        expected_logits, expected_organs = model.eval().forward_with_organs(x)
+    assert organs.shape == (1, len(ORGAN_NAMES), 24, 24, 24)
+    assert agreement_report(logits, expected_logits.numpy())["agrees"]
+    assert agreement_report(organs, expected_organs.numpy())["agrees"]

@@ -41,6 +41,11 @@ def test_demo_writes_segmentation_table_and_overview(tiny_model, tmp_path):
     with open(out / "STS_002_lesions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows[-1]["Lesion"] == "Total" and len(rows) >= 2
+    # counts and flags are whole numbers (716, 1), not 716.0 and 1.0; the Total row has no flags
+    for row in rows[:-1]:
+        assert re.fullmatch(r"[1-9]\d*", row["Voxels"]) and row["OnCT"] in ("0", "1"), row
+    assert re.fullmatch(r"[1-9]\d*", rows[-1]["Voxels"]) and rows[-1]["OnCT"] == ""
+    assert re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", rows[0]["MTV_mL"])  # measurements keep their precision
     # the sarcoma's hottest voxel (SUV 21.7, IBSI summary) is inside the first, largest lesion
     assert float(rows[0]["SUVmax"]) == max(float(r["SUVmax"]) for r in rows[:-1])
     assert abs(float(rows[-1]["SUVmax"]) - 21.68) < 0.01
@@ -56,11 +61,37 @@ def test_demo_writes_segmentation_table_and_overview(tiny_model, tmp_path):
         assert heat[:, third].sum() > 200
 
 
-def test_demo_reports_bad_input(tiny_model, tmp_path, capsys):
-    """Same script in process (no second interpreter start-up): a CT given as PET is refused with a hint."""
+def _demo_module():
     spec = importlib.util.spec_from_file_location("veloxseg_demo", REPO / "scripts" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_lists_lesions_by_the_cli_rule(tiny_model, tmp_path, monkeypatch):
+    """The demo's lesion table follows the rule of `veloxseg segment` (it listed everything from 0 mL before)."""
+    from VeloxSegSlicerLib.engine import VeloxSegError, cli
+    from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
+
+    demo = _demo_module()
+    args = demo.parse_args([])
+    console = cli.build_parser().parse_args(["segment", "--ct", "c", "--pet", "p", "--out", "o.nii.gz"])
+    assert (args.min_lesion_ml, args.min_suv_max) == (console.min_lesion_ml, console.min_suv_max) == (0.1, 2.0)
+
+    used = {}
+
+    def recording_segment(self, ct, pet, **kwargs):  # what the demo asks the Logic for; then stop
+        used.update(kwargs)
+        raise VeloxSegError("stopped by the test")
+
+    monkeypatch.setattr(VeloxSegSlicerLogic, "segment", recording_segment)
+    assert demo.main(["--model", str(tiny_model), "--out", str(tmp_path), "--no-png", "--min-suv-max", "3"]) == 2
+    assert (used["minLesionMl"], used["minSuvMax"]) == (0.1, 3.0)
+
+
+def test_demo_reports_bad_input(tiny_model, tmp_path, capsys):
+    """Same script in process (no second interpreter start-up): a CT given as PET is refused with a hint."""
+    demo = _demo_module()
     ct = REPO / "VeloxSegSlicer" / "Resources" / "SampleData" / "STS_002_CT.nrrd"
     code = demo.main(["--model", str(tiny_model), "--out", str(tmp_path), "--ct", str(ct), "--pet", str(ct),
                       "--no-png"])

@@ -8,7 +8,7 @@ import slicer
 from mrml_study import add_study, make_ct, make_pet, scene_snapshot
 
 from VeloxSegSlicerLib import inputs, mrml_io
-from VeloxSegSlicerLib.engine import InputError
+from VeloxSegSlicerLib.engine import InputError, checks, preprocess
 
 
 def _units(node, code_value, meaning):
@@ -61,6 +61,59 @@ def test_pet_not_in_suv_by_values(app, logic, nodes):
     message = _expect_refused(app, logic, ct, bq, "does not look like SUV", "DICOM")
     assert "SUVbw" in message  # says how to get SUV
     assert "does not look like SUV" in inputs.checkInputs(ct, bq, cheap=True)  # the button is disabled too
+
+
+def _engine_refusal(check, *args):
+    """The engine's own check on SimpleITK images, as `veloxseg segment` runs it: '' or its message."""
+    try:
+        check(*args)
+    except InputError as error:
+        return str(error)
+    return ""
+
+
+@pytest.mark.parametrize("peak, refused", [(2000.0, False), (6000.0, True)])
+def test_one_suv_limit_for_the_button_the_logic_and_the_console(app, nodes, peak, refused):
+    """A PET peaking at 2000 SUV (a hot spot, the body in SUV) was refused by the module's button (limit 1000)
+    but run by the console (5000); now all three checks share checks.SUV_MAX_LIMIT."""
+    ct, _ = nodes
+    image = make_pet()
+    array = sitk.GetArrayFromImage(image)
+    array[11, 15, 17] = peak  # one voxel inside the body
+    hot = sitk.GetImageFromArray(array)
+    hot.CopyInformation(image)
+    pet = mrml_io.addVolumeNodeFromSitk(hot, "PET with a hot spot")
+    assert checks.SUV_MAX_LIMIT == 5000.0 and not hasattr(inputs, "MAX_PLAUSIBLE_SUV")
+    verdicts = {
+        "button": inputs.checkInputs(ct, pet, cheap=True),
+        "logic": inputs.checkInputs(ct, pet),
+        "console": _engine_refusal(checks.check_pet, hot),
+    }
+    assert {name: bool(message) for name, message in verdicts.items()} == dict.fromkeys(verdicts, refused)
+    if refused:
+        assert all("does not look like SUV" in message for message in verdicts.values())
+
+
+@pytest.mark.parametrize("shift_mm, refused", [(80.0, False), (100.0, True)])
+def test_one_overlap_rule_for_the_module_and_the_console(app, shift_mm, refused):
+    """The PET moved along S until 30 % (run) or 12 % (refused) of its field of view lies inside the CT: the
+    module and the engine measure and judge it alike (checks.MIN_PET_IN_CT_FRACTION; the console used to
+    take any overlap)."""
+    ct_image, pet_image = make_ct(), make_pet()
+    pet_image.SetOrigin(tuple(np.array(pet_image.GetOrigin()) + np.array([0.0, 0.0, shift_mm])))
+    ct, pet = add_study(mrml_io, ct_image, pet_image)
+    engine_fraction = checks.pet_in_ct_fraction(preprocess.field_of_view(ct_image),
+                                                preprocess.field_of_view(pet_image))
+    assert inputs.overlapFraction(ct, pet) == pytest.approx(engine_fraction, abs=1e-6)
+    assert (engine_fraction < checks.MIN_PET_IN_CT_FRACTION) == refused
+    verdicts = {
+        "button": inputs.checkInputs(ct, pet, cheap=True),
+        "logic": inputs.checkInputs(ct, pet),
+        "console": _engine_refusal(preprocess.model_grid, ct_image, pet_image, (3.0, 3.0, 3.0), (32, 32, 32)),
+    }
+    assert {name: bool(message) for name, message in verdicts.items()} == dict.fromkeys(verdicts, refused)
+    if refused:
+        assert all("do not overlap enough" in message for message in verdicts.values())
 
 
 def test_pet_not_in_suv_by_units(app, logic, nodes):

@@ -5,16 +5,19 @@ which the threshold model (SUV > 2.5) turns into exactly two lesions.
 """
 
 import numpy as np
+import onnx_models
 import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
+from conftest import MODEL_SPACING_XYZ, SUV_THRESHOLD
 from mrml_study import (
     SPHERES,
     Sphere,
     add_study,
     make_ct,
     make_pet,
+    physical_points,
     put_in_study,
     reference_statistics,
     scene_snapshot,
@@ -130,6 +133,76 @@ def test_lesion_outside_the_ct_keeps_its_row_without_a_segment(app, logic):
             assert rows[str(lesion.id)]["OnCT"] == 1.0
 
 
+def test_a_ct_covering_part_of_the_pet_is_logged_and_flagged_in_the_table(app, logic, caplog):
+    """The CT stops in x 14 mm past the second sphere's centre (the PET goes on): the Logic logs the
+    engine's warning with the fraction of the PET's body outside the CT, and the table flags that lesion
+    (CutByCTEdge 1), not the other. The same study with the whole CT logs nothing and flags nothing."""
+    pet_image = make_pet()
+    whole_ct = make_ct(size_xyz=(110, 100, 75), direction=np.eye(3))  # covers the (rotated) PET entirely
+    left = SPHERES[1].center_lps[0] + 7.0  # the second sphere (radius 8 mm) crosses this x; the first does not
+    start = whole_ct.TransformPhysicalPointToIndex((left, *SPHERES[1].center_lps[1:]))[0]
+    partial_ct = whole_ct[start:, :, :]
+
+    ct_node, pet_node = add_study(mrml_io, partial_ct, pet_image)
+    with caplog.at_level("WARNING"):
+        _, table_node = logic.segment(ct_node, pet_node)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "covers only part" in
+                r.getMessage()]
+    job = logic.prepare(ct_node, pet_node)
+    job.run()
+    fraction = job.result.pet_outside_ct_fraction
+    # independently: PET body voxels (1.0 inside, 0.05 outside) whose centre lies more than half a PET voxel
+    # (2.5 mm) beyond the CT's extent, which starts half a CT voxel (1 mm) before its first voxel centre
+    points = physical_points(pet_image)
+    body = sitk.GetArrayViewFromImage(pet_image) > 0.1
+    low = partial_ct.GetOrigin()[0] - 1.0
+    assert fraction == pytest.approx(np.count_nonzero(body & (points[..., 0] < low - 2.5)) / np.count_nonzero(body))
+    assert 0.1 < fraction < 0.5
+    assert len(warnings) == 1 and f"{100 * fraction:.1f} % of the PET's body" in warnings[0]
+    assert "1 lesion touching the CT's edge is cut" in warnings[0]
+    rows = _table_rows(table_node)
+    flags = {round(row["SUVmax"]): row["CutByCTEdge"] for row in rows[:-1]}
+    assert flags == {round(SPHERES[0].suv): 0.0, round(SPHERES[1].suv): 1.0}
+    assert np.isnan(rows[-1]["CutByCTEdge"])
+    assert table_node.GetColumnDescription("CutByCTEdge").startswith("1 = the lesion touches")
+
+    caplog.clear()
+    ct_node, pet_node = add_study(mrml_io, whole_ct, pet_image, ct_name="whole CT", pet_name="PET")
+    with caplog.at_level("WARNING"):
+        _, table_node = logic.segment(ct_node, pet_node)
+    assert not [r for r in caplog.records if "covers only part" in r.getMessage()]
+    assert [row["CutByCTEdge"] for row in _table_rows(table_node)[:-1]] == [0.0, 0.0]
+
+
+def test_the_table_names_each_lesions_site_when_the_model_has_an_organ_output(app, logic, tmp_path):
+    """The organ test model (the threshold model plus an organ output: the CT band nearest to each 4x4x4
+    block's mean HU, Testing/helpers/onnx_models.py) names the first sphere's site "liver" (the CT is liver-like
+    around it) and the second's "lymph node / soft tissue"; the threshold model names none."""
+    from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
+
+    onnx_path = onnx_models.build_threshold_onnx(tmp_path / "organ.onnx", SUV_THRESHOLD,
+                                                 organ_bands_hu=[hu for _, _, hu in onnx_models.ORGAN_BANDS])
+    manifest = onnx_models.write_manifest(onnx_path, MODEL_SPACING_XYZ, organs=onnx_models.organ_entries())
+    ct_image = make_ct()
+    values = sitk.GetArrayFromImage(ct_image)
+    values[np.all(np.abs(physical_points(ct_image) - SPHERES[0].center_lps) < 18.0, axis=-1)] = 200  # a liver
+    liver_ct = sitk.GetImageFromArray(values)
+    liver_ct.CopyInformation(ct_image)
+    ct_node, pet_node = add_study(mrml_io, liver_ct, make_pet())
+
+    _, table_node = VeloxSegSlicerLogic(manifestPath=str(manifest)).segment(ct_node, pet_node)
+    column = table_node.GetTable().GetColumnByName("Site")
+    assert isinstance(column, vtk.vtkStringArray)
+    rows = _table_rows(table_node)
+    sites = {round(row["SUVmax"]): row["Site"] for row in rows[:-1]}
+    assert sites == {round(SPHERES[0].suv): "liver", round(SPHERES[1].suv): "lymph node / soft tissue"}
+    assert rows[-1]["Lesion"] == "Total" and rows[-1]["Site"] == ""
+    assert table_node.GetColumnDescription("Site").startswith("Anatomical site")
+
+    _, plain_table = logic.segment(ct_node, pet_node)  # the threshold model: no organ output
+    assert [row["Site"] for row in _table_rows(plain_table)] == ["", "", ""]
+
+
 def test_scene_save_and_reload(app, logic, study, tmp_path):
     ct_node, pet_node, _, _, _ = study
     seg_node, table_node = logic.segment(ct_node, pet_node)
@@ -160,7 +233,7 @@ def test_scene_save_and_reload(app, logic, study, tmp_path):
     assert sh.GetItemParent(sh.GetItemByDataNode(seg2)) == sh.GetItemParent(sh.GetItemByDataNode(ct2))
 
 
-def test_blending_option_reaches_the_engine_and_is_checked(app, logic, study):
+def test_blending_option_reaches_the_engine_and_is_checked(app, logic, study, tmp_path):
     ct_node, pet_node, _, _, _ = study
     assert logic.prepare(ct_node, pet_node).options.blending == "uniform"  # the reference's default
     job = logic.prepare(ct_node, pet_node, overlap=0.5, blending="gaussian")
@@ -169,6 +242,23 @@ def test_blending_option_reaches_the_engine_and_is_checked(app, logic, study):
     assert len(job.result.lesions) == len(SPHERES)
     with pytest.raises(InputError, match="blending"):
         logic.prepare(ct_node, pet_node, blending="box")
+
+    # The option must change what the engine computes, not only the options object: with a model whose
+    # output depends on where a voxel sits in its window (the ramp model) and small overlapping windows,
+    # a Gaussian-weighted mean of the windows differs from a plain one at the spheres' blurred borders.
+    from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
+
+    ramp_onnx = onnx_models.build_threshold_onnx(tmp_path / "ramp16.onnx", SUV_THRESHOLD, patch=16, ramp=True)
+    ramp_logic = VeloxSegSlicerLogic(manifestPath=str(onnx_models.write_manifest(ramp_onnx, MODEL_SPACING_XYZ,
+                                                                                  patch=16)))
+    labels = {}
+    for blending in ("uniform", "gaussian"):
+        ramp_job = ramp_logic.prepare(ct_node, pet_node, overlap=0.5, blending=blending, minLesionMl=0.0)
+        ramp_job.run()
+        assert ramp_job.result.windows_run > 1  # windows overlap
+        labels[blending] = sitk.GetArrayFromImage(ramp_job.result.label_pet) > 0
+    assert labels["uniform"].any() and labels["gaussian"].any()
+    assert np.count_nonzero(labels["uniform"] != labels["gaussian"]) > 0, "blending made no difference"
 
 
 def test_one_segment_for_all_lesions(app, logic, study):

@@ -173,3 +173,13 @@ def test_sample_data_checksums(file_name, digest):
     path = MODULE_DIR / "Resources" / "SampleData" / file_name
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     assert path.stat().st_size < 3_000_000  # keep the repository small
+
+
+def test_python_versions_agree():
+    """pyproject.toml's requires-python is the module's and engine's floor (3D Slicer's Python), ruff checks the
+    code against it, and the README states it next to the scripts' higher need."""
+    pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    floor = re.search(r'^requires-python = ">=3\.(\d+)"', pyproject, re.M).group(1)
+    assert re.search(rf'^target-version = "py3{floor}"', pyproject, re.M)
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert f"engine run on Python ≥ 3.{floor}" in readme

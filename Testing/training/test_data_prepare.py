@@ -20,7 +20,7 @@ from veloxseg_train.data.synthetic import PhantomConfig, generate_case
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if (p / "data" / "ibsi-sts").is_dir()),
-              REPO / "shared")
+              REPO.parent / "shared")
 IBSI_STS_002 = SHARED / "data" / "ibsi-sts" / "cases" / "STS_002"
 OPTIONS = PrepareOptions(val_fraction=0.34, test_fraction=0.34, seed=1)
 
@@ -124,7 +124,7 @@ def test_bad_case_stops_prepare_unless_skipped(tmp_path):
                                    "(background) and 1 (lesion) only"]
 
 
-@pytest.mark.skipif(not IBSI_STS_002.is_dir(), reason="IBSI cases not present")
+@pytest.mark.skipif(not IBSI_STS_002.is_dir(), reason=f"IBSI case not found at {IBSI_STS_002} (beside the checkout)")
 def test_real_ibsi_case_and_attribution(tmp_path):
     dataset = prepare_dataset([case_from_folder(IBSI_STS_002)], tmp_path)
     record = dataset["cases"][0]

@@ -18,8 +18,10 @@ from veloxseg_train.data.sources import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-IBSI_CASES = next((p for p in (REPO / "shared", REPO.parent / "shared")
-                   if (p / "data" / "ibsi-sts" / "cases").is_dir()), REPO / "shared") / "data" / "ibsi-sts" / "cases"
+# shared/ inside the checkout (a copy) or beside it (docs/training.md: ../shared); a skip names the latter
+IBSI_CASES = next((p for p in (REPO / "shared" / "data" / "ibsi-sts" / "cases",
+                             REPO.parent / "shared" / "data" / "ibsi-sts" / "cases") if p.is_dir()),
+                  REPO.parent / "shared" / "data" / "ibsi-sts" / "cases")
 
 
 @pytest.mark.parametrize("stem, role", [
@@ -101,7 +103,7 @@ def test_find_all_keeps_argument_order(tmp_path):
     assert [(c.name, c.source) for c in cases] == [("A", "autopet"), ("x", "folder")]
 
 
-@pytest.mark.skipif(not IBSI_CASES.is_dir(), reason="IBSI cases not present")
+@pytest.mark.skipif(not IBSI_CASES.is_dir(), reason=f"IBSI cases not found at {IBSI_CASES} (beside the checkout)")
 def test_real_ibsi_folder():
     cases = find_folder_cases(IBSI_CASES)
     assert len(cases) == 29 and {c.source for c in cases} == {"ibsi"}

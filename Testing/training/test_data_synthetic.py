@@ -11,7 +11,9 @@ from scipy import ndimage
 
 from veloxseg_train.data.synth_dataset import generate_dataset, is_lesion_free
 from veloxseg_train.data.synthetic import PhantomConfig, generate_case
-from veloxseg_train.data.validate import overlap_fraction, same_grid
+from veloxseg_train.data.validate import same_grid
+from VeloxSegSlicerLib.engine.checks import pet_in_ct_fraction
+from VeloxSegSlicerLib.engine.preprocess import field_of_view
 
 # A coarse grid keeps most tests fast; one test uses the default (full-resolution) phantom.
 COARSE = PhantomConfig(pet_spacing_mm=(4.0, 4.0, 4.0), ct_spacing_mm=(3.0, 3.0))
@@ -54,7 +56,7 @@ def _lesion_contrasts(case):
 
 def _check_agreement(case):
     assert same_grid(case.label, case.pet), "the label lives on the PET grid"
-    assert overlap_fraction(case.pet, case.ct) > 0.9, "CT and PET cover the same body"
+    assert pet_in_ct_fraction(field_of_view(case.ct), field_of_view(case.pet)) > 0.9, "CT and PET cover the same body"
     assert case.ct.GetSpacing()[0] < case.pet.GetSpacing()[0], "the CT has its own, finer grid"
     assert case.ct.GetSize() != case.pet.GetSize() and case.ct.GetOrigin() != case.pet.GetOrigin()
     label = sitk.GetArrayFromImage(case.label)

@@ -95,8 +95,10 @@ def test_deep_supervision_weights_and_total():
 
 def test_loss_backpropagates_into_every_output():
     outputs = TrainOutputs(*[torch.randn(1, 2, 4, 4, 4, requires_grad=True) for _ in range(5)],
-                           *[torch.rand(1, 3, 3, requires_grad=True) for _ in range(3)])
-    label = torch.randint(0, 2, (1, 4, 4, 4))
-    SDKTLoss(ds_weights=(1, 1, 1, 0)).forward(outputs, torch.randn(1, 2, 4, 4, 4), label).total.backward()
+                           *[torch.rand(1, 3, 3, requires_grad=True) for _ in range(3)],
+                           torch.randn(1, 3, 1, 1, 1, requires_grad=True))  # organ logits at 1/4 resolution
+    label = torch.stack([torch.randint(0, 2, (1, 4, 4, 4)), torch.randint(0, 3, (1, 4, 4, 4))], dim=1)
+    SDKTLoss(ds_weights=(1, 1, 1, 0), organ_weight=0.5).forward(outputs, torch.randn(1, 2, 4, 4, 4),
+                                                                  label).total.backward()
     # A zero deep-supervision weight still leaves its output in the graph (DDP needs every parameter used).
     assert all(o.grad is not None for o in outputs)

@@ -32,7 +32,7 @@ SHAPE_ZYX = (40, 44, 48)
 SPACING = 4.0  # mm, every axis
 REPO = Path(__file__).resolve().parents[2]
 SHARED = next((p for p in (REPO / "shared", REPO.parent / "shared") if (p / "data" / "ibsi-sts").is_dir()),
-              REPO / "shared")
+              REPO.parent / "shared")
 IBSI_STS_002 = SHARED / "data" / "ibsi-sts" / "cases" / "STS_002"
 
 
@@ -166,6 +166,17 @@ def test_writer_cycles_the_backgrounds_and_is_deterministic(studies, tmp_path):
         write_real_background_dataset(tmp_path / "c", [], 1, seed=0)
 
 
+def test_backgrounds_are_read_with_the_engines_reader(tmp_path):
+    """A truncated background (ITK would zero-fill its missing voxels) is refused, naming the study."""
+    from veloxseg_train.data.case import DataError
+
+    folder = write_ibsi_like(tmp_path / "studies" / "STS_009")
+    pet = folder / "PET_SUV.nii.gz"
+    pet.write_bytes(pet.read_bytes()[: pet.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"case STS_009: PET file '.*PET_SUV.nii.gz' is (incomplete|corrupt)"):
+        write_real_background_dataset(tmp_path / "out", find_folder_cases(tmp_path / "studies"), 1, seed=0)
+
+
 def test_synth_backgrounds_command_feeds_prepare(studies, tmp_path, capsys):
     out, prepared = tmp_path / "realbg", tmp_path / "prep"
     assert cli_main(["synth", "--out", str(out), "--count", "2", "--seed", "1", "--backgrounds", str(studies),
@@ -193,7 +204,7 @@ def test_synth_backgrounds_command_errors(studies, tmp_path, capsys):
     assert "fraction" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not IBSI_STS_002.is_dir(), reason="IBSI cases not present (they are not in the repository)")
+@pytest.mark.skipif(not IBSI_STS_002.is_dir(), reason=f"IBSI case not found at {IBSI_STS_002} (beside the checkout)")
 def test_a_real_ibsi_study_as_background():
     from veloxseg_train.data.sources import case_from_folder
 

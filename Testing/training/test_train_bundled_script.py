@@ -36,6 +36,14 @@ if [ "$1" = train ]; then
 fi
 """
 
+# The stand-in python: the fingerprint check passes; compacting the run state copies it (marked as compacted).
+STAND_IN_PYTHON = """#!/usr/bin/env bash
+if [ "$1 $2" = "-m veloxseg_train.run_state" ]; then
+  { cat "$3"; echo "(compacted)"; } > "$4"
+fi
+exit 0
+"""
+
 
 def _executable(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +59,7 @@ def scratch(tmp_path):
     shutil.copy2(REPO / "scripts" / "train_bundled.sh", root / "scripts" / "train_bundled.sh")
     _executable(root / "scripts" / "setup.sh", "#!/usr/bin/env bash\nexit 0\n")
     _executable(root / ".venv" / "bin" / "veloxseg-train", FAKE_TRAINER)
-    _executable(root / ".venv" / "bin" / "python", "#!/usr/bin/env bash\nexit 0\n")  # the fingerprint check
+    _executable(root / ".venv" / "bin" / "python", STAND_IN_PYTHON)
     for marker in ("work-data/prep2/dataset.json", "work-data/heldout/manifest.json",
                    "Training/runs/wholebody/data_fingerprint.json"):
         (root / marker).parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +86,7 @@ def _calls(root: Path):
 def test_a_trainer_stopped_early_still_leaves_its_state_in_the_repository(scratch):
     done = _run(scratch, STUB_SAVE="state after SIGTERM", STUB_EXIT="130", EXPORT_VERSION="9.9.9")
     assert done.returncode == 130, done.stderr
-    assert (scratch / STATE).read_text() == "state after SIGTERM\n"
+    assert (scratch / STATE).read_text() == "state after SIGTERM\n(compacted)\n"
     assert (scratch / LOGS / "log_steps.csv").read_text() == "steps of state after SIGTERM\n"
     assert (scratch / LOGS / "log_epochs.csv").read_text() == "epochs of state after SIGTERM\n"
     calls = _calls(scratch)
@@ -93,7 +101,7 @@ def test_a_finished_session_exports_when_asked_and_a_failed_one_changes_nothing(
     done = _run(scratch, STUB_SAVE="state at the budget", STUB_EXIT="0", EXPORT_VERSION="9.9.9",
                 GLIBC_TUNABLES="glibc.malloc.arena_max=1")
     assert done.returncode == 0, done.stderr
-    assert (scratch / STATE).read_text() == "state at the budget\n"
+    assert (scratch / STATE).read_text() == "state at the budget\n(compacted)\n"
     calls = _calls(scratch)
     assert calls[0].endswith("| glibc.malloc.arena_max=1")  # the user's own setting wins
     assert [c.split()[0] for c in calls] == ["train", "export", "evaluate", "evaluate"]
@@ -102,5 +110,5 @@ def test_a_finished_session_exports_when_asked_and_a_failed_one_changes_nothing(
     shutil.rmtree(scratch / RUN)
     failed = _run(scratch, STUB_EXIT="1")  # the trainer fails before saving anything
     assert failed.returncode == 1
-    assert (scratch / STATE).read_text() == "state at the budget\n"
+    assert (scratch / STATE).read_text() == "state at the budget\n(compacted)\n"
     assert [c.split()[0] for c in _calls(scratch)] == ["train"]

@@ -59,6 +59,20 @@ def _assert_same_optimizer(a: dict, b: dict):
             assert torch.equal(value, b["state"][index][name]), (index, name)
 
 
+def test_hot_threshold_is_the_engines_normalisation_of_the_suv():
+    """One normalisation formula: the hard-negative threshold is the SUV put through the engine's normalize,
+    which made the volumes, so a voxel of exactly that SUV compares equal to it (and clipping matches)."""
+    from types import SimpleNamespace
+
+    from VeloxSegSlicerLib.engine.preprocess import normalize
+
+    params = {"clip_low": 0.0, "clip_high": 30.0, "mean": 0.79686, "std": 1.46814}
+    trainer = SimpleNamespace(dataset=SimpleNamespace(normalization={"PET": params}))
+    suvs = np.array([-1.0, 0.0, 2.5, 2.7, 29.9, 45.0], np.float32)
+    voxels = normalize(suvs, params)
+    assert [Trainer._normalised_pet(trainer, float(suv)) for suv in suvs] == voxels.tolist()
+
+
 def test_three_steps_lower_the_loss_and_write_everything(run_a):
     out, summary = run_a
     assert summary["status"] == "finished" and summary["global_step"] == 3
@@ -285,3 +299,54 @@ def test_evaluate_checkpoint_and_onnx(run_a, tiny_prepared, tmp_path):
                      log=lambda m: None, min_suv_max=6.0)
     assert again["all/model"]["dice"] == pytest.approx(summary["all/model[ml>=0,suvmax>=6]"]["dice"])
     assert again["all/model"]["reported_lesions"] == 1
+
+
+def test_compact_state_is_small_and_resumes_with_a_rewarmed_lr(run_a, tiny_prepared, tmp_path):
+    from veloxseg_train.run_state import REWARM_STEPS, compact_file
+
+    out_a, _ = run_a
+    full = out_a / "checkpoints" / "epoch_0002.pt"
+    compact = compact_file(full, tmp_path / "state.pt")
+    assert compact.stat().st_size < 0.35 * full.stat().st_size  # no moments, half-size weights
+    payload = load_checkpoint(compact)
+    state = payload["extra"]["training_state"]
+    assert state["compact"] and "optimizer" not in state and "mined" not in state
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+
+    messages = []
+    trainer = Trainer(_config(), out_dir=tmp_path / "run", data_dir=tiny_prepared, resume=compact,
+                      log=messages.append)
+    trainer.setup()
+    saved = load_checkpoint(full)
+    for key, value in trainer.model.state_dict().items():  # float32 again, within float16 rounding
+        assert value.dtype == saved["state_dict"][key].dtype
+        assert torch.allclose(value, saved["state_dict"][key], rtol=1e-3, atol=1e-4), key
+    assert trainer.optimizer.state_dict()["state"] == {}  # fresh moments
+    assert (trainer.epoch, trainer.global_step) == (2, 2)
+    assert any("compact state" in m for m in messages)
+    scheduled = trainer.optimizer.param_groups[0]["lr"]
+    used = []
+    original_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (used.append(trainer.optimizer.param_groups[0]["lr"]),
+                                              original_step(*a, **k))[1]
+    summary = trainer.run()
+    assert summary["global_step"] == 3
+    assert used == [pytest.approx(scheduled / REWARM_STEPS)]  # the first step after the resume is ramped
+
+
+def test_organ_run_warm_starts_from_a_model_without_organ_head(run_a, tiny_prepared, tmp_path):
+    out_a, _ = run_a
+    messages = []
+    config = _config(init_weights=str(out_a / "checkpoints" / "last.pt"), model_overrides={"n_organs": 16},
+                     organ_weight=0.5, amp="bf16")
+    trainer = Trainer(config, out_dir=tmp_path, data_dir=tiny_prepared, log=messages.append)
+    summary = trainer.run()
+    assert summary["global_step"] == 3
+    assert any("has no organ head" in m for m in messages)
+    assert trainer.amp_dtype == torch.bfloat16
+    rows = _rows(tmp_path / "log_steps.csv")
+    assert all(float(r["organ"]) == 0.0 for r in rows)  # the tiny set has no organ maps: lesion output only
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    bad = _config(init_weights=str(out_a / "checkpoints" / "last.pt"), model_overrides={"n_organs": 5})
+    with pytest.raises(Exception, match="n_organs is 5"):
+        Trainer(bad, out_dir=tmp_path / "bad", data_dir=tiny_prepared, log=lambda m: None).setup()

@@ -146,10 +146,12 @@ def rotate_z(image: torch.Tensor, label: torch.Tensor, angle_rad: float) -> Tupl
 
 
 def resample(image: torch.Tensor, label: torch.Tensor, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Image trilinear, label nearest; label (Z, Y, X) or (K, Z, Y, X) (lesion and organ codes)."""
     image_out = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border",
                               align_corners=False)[0].to(image.dtype)
-    label_out = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="border",
-                              align_corners=False)[0, 0].to(label.dtype)
+    channels = label.reshape(-1, *label.shape[-3:])
+    label_out = F.grid_sample(channels[None].float(), grid, mode="nearest", padding_mode="border",
+                              align_corners=False)[0].reshape(label.shape).to(label.dtype)
     return image_out, label_out
 
 
@@ -189,10 +191,10 @@ def _intensity(image: torch.Tensor, params: AugmentParams) -> torch.Tensor:
 
 
 def apply(image: torch.Tensor, label: torch.Tensor, params: AugmentParams) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Apply `params` to one crop: image (C, Z, Y, X), label (Z, Y, X)."""
+    """Apply `params` to one crop: image (C, Z, Y, X), label (Z, Y, X) or (K, Z, Y, X)."""
     if params.angle_rad != 0.0 or params.scale_zyx != (1.0, 1.0, 1.0) or params.elastic is not None:
         grid = _sampling_grid(image.shape[1:], params.angle_rad, params.scale_zyx, params.elastic, image.device)
         image, label = resample(image, label, grid)
     if params.flip_z:
-        image, label = image.flip(1), label.flip(0)
+        image, label = image.flip(1), label.flip(-3)
     return _intensity(image, params), label

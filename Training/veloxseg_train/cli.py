@@ -14,6 +14,7 @@ import sys
 COMMANDS = {
     "import-reference": ("import_reference", "convert a checkpoint saved by the authors' code into ours"),
     "export": ("export", "export the inference path to ONNX with its manifest, verified against PyTorch"),
+    "compact": ("compact", "store an exported model's weights once each (optionally float16), verified"),
     "synth": ("synth", "generate synthetic whole-body PET/CT phantoms"),
     "prepare": ("prepare", "resample AutoPET-II / case folders / phantoms onto the model grid for training"),
     "train": ("train", "train VeloxSeg with SDKT from a config file"),

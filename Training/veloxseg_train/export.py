@@ -21,10 +21,12 @@ from VeloxSegSlicerLib.engine.manifest import file_sha256
 
 from .model import VeloxSeg
 from .model.export_rewrites import rewrite_for_export
+from .onnx_storage import compact_onnx_file
 
 MANIFEST_FORMAT = "veloxseg-manifest/1"
 DEFAULT_SPACING_XYZ_MM = (2.036, 2.036, 3.0)  # AutoPET-II's released PET grid (paper Table 5)
 TOLERANCE = 1e-4  # relative to the logits' scale (max |logit|, at least 1)
+STORE_FLOAT16 = False  # float16 storage fails the TOLERANCE check (measured in Resources/Models/MODEL_CARD.md)
 
 
 def agreement_limit(expected: np.ndarray) -> float:
@@ -70,8 +72,23 @@ def verification_input(model: VeloxSeg, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, model.cfg.modalities, *model.cfg.input_size, generator=generator)
 
 
+class _WithOrgans(torch.nn.Module):
+    """The graph of a model with an organ head: (lesion logits, organ logits at 1/4 resolution)."""
+
+    def __init__(self, model: VeloxSeg):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        return self.model.forward_with_organs(x)
+
+
+def output_names(model: VeloxSeg) -> list:
+    return ["logits", "organs"] if model.cfg.n_organs else ["logits"]
+
+
 def verify_onnx(onnx_path: Path, model: VeloxSeg, dynamic_batch: bool) -> dict:
-    """Run ORT (1 thread, CPU) against PyTorch eager; raise ExportError unless they agree."""
+    """Run ORT (1 thread, CPU) against PyTorch eager; raise ExportError unless every output agrees."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -81,20 +98,35 @@ def verify_onnx(onnx_path: Path, model: VeloxSeg, dynamic_batch: bool) -> dict:
     for batch in ((1, 2) if dynamic_batch else (1,)):
         x = verification_input(model, batch)
         with torch.inference_mode():
-            expected = model(x).numpy()
-        got = session.run(["logits"], {"image": x.numpy()})[0]
-        report[f"batch_{batch}"] = result = agreement_report(got, expected)
-        if not result.pop("agrees"):
-            raise ExportError(f"ONNX Runtime disagrees with PyTorch at batch {batch}: max |delta| "
-                              f"{result['max_abs_delta']:.3g} (limit {result['limit']:.3g}), argmax identical "
-                              f"outside numerical ties: {result['argmax_identical']}. The export was not kept.")
+            expected = model.forward_with_organs(x) if model.cfg.n_organs else (model(x),)
+        names = output_names(model)
+        got = session.run(names, {"image": x.numpy()})
+        for name, ort_out, torch_out in zip(names, got, expected):
+            key = f"batch_{batch}" if name == "logits" else f"batch_{batch}_{name}"
+            report[key] = result = agreement_report(ort_out, torch_out.numpy())
+            if not result.pop("agrees"):
+                raise ExportError(f"ONNX Runtime disagrees with PyTorch on '{name}' at batch {batch}: max |delta| "
+                                  f"{result['max_abs_delta']:.3g} (limit {result['limit']:.3g}), argmax identical "
+                                  f"outside numerical ties: {result['argmax_identical']}. The export was not kept.")
     return report
+
+
+def _organ_entries(model: VeloxSeg) -> dict:
+    """Manifest entries of the organ output: its name, grid factor, organ names and the site each names."""
+    if not model.cfg.n_organs:
+        return {}
+    from .data.organs import ORGAN_NAMES, SITE_NAMES
+
+    return {"organ_output": "organs", "organ_downsampling": model.cfg.patch_size,
+            "organ_names": list(ORGAN_NAMES), "organ_sites": [SITE_NAMES[name] for name in ORGAN_NAMES]}
 
 
 def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance: dict,
                 opset: int = 17, dynamic_batch: bool = False, model_version: str = "0.1.0",
-                spacing_xyz_mm=DEFAULT_SPACING_XYZ_MM, manifest_path: Optional[Path] = None) -> dict:
-    """Write MODEL.onnx and its manifest (MODEL.json by default). Returns the manifest."""
+                spacing_xyz_mm=DEFAULT_SPACING_XYZ_MM, manifest_path: Optional[Path] = None,
+                float16: bool = STORE_FLOAT16) -> dict:
+    """Write MODEL.onnx and its manifest (MODEL.json by default). Returns the manifest. The graph's
+    weights are stored once each (onnx_storage.compact_model), as float16 when `float16`, before the check."""
     if opset < 17:
         raise ExportError("opset 17 or newer is required")
     out_path = Path(out_path)
@@ -104,12 +136,15 @@ def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance
     graph_model = rewrite_for_export(model)  # same function, ORT-friendly ops; verified against `model`
     tmp_onnx = out_path.with_name(out_path.name + ".partial")
     try:
-        dynamic_axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+        names = output_names(model)
+        dynamic_axes = {name: {0: "batch"} for name in ["image", *names]} if dynamic_batch else None
+        traced = _WithOrgans(graph_model) if model.cfg.n_organs else graph_model
         with warnings.catch_warnings():  # the TorchScript exporter's notes on IN and Slice folding are expected
             warnings.simplefilter("ignore")
-            torch.onnx.export(graph_model, (verification_input(model),), str(tmp_onnx), input_names=["image"],
-                              output_names=["logits"], opset_version=opset, dynamic_axes=dynamic_axes,
+            torch.onnx.export(traced, (verification_input(model),), str(tmp_onnx), input_names=["image"],
+                              output_names=names, opset_version=opset, dynamic_axes=dynamic_axes,
                               dynamo=False, do_constant_folding=True)
+        storage = compact_onnx_file(tmp_onnx, float16=float16)
         verification = verify_onnx(tmp_onnx, model, dynamic_batch)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -125,6 +160,7 @@ def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance
             "spacing_xyz_mm": [float(s) for s in spacing_xyz_mm],
             "modalities": ["CT", "PET"],
             "class_names": ["background", "lesion"],
+            **_organ_entries(model),
             "normalization": normalization,
             "provenance": {
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -132,6 +168,7 @@ def export_onnx(model: VeloxSeg, out_path: Path, normalization: dict, provenance
                 "git_commit": git_commit(),
                 "torch": torch.__version__,
                 "verification": verification,
+                "storage": {"float16": float16, "tensor_bytes": storage["bytes_after"]},
                 **provenance,
             },
         }

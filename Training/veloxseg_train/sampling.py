@@ -134,9 +134,12 @@ class CropSampler:
         return tuple(int(min(max(c - p // 2, 0), s - p)) for c, p, s in zip(centre, self.patch_size, shape))
 
     def crop(self, volume: Volume, centre: Centre) -> Tuple[np.ndarray, np.ndarray]:
-        """(image (2, *patch), label (*patch)) views into the volume around `centre`."""
+        """(image (2, *patch), label (*patch)) views into the volume around `centre`; a volume with organ
+        codes gives label (2, *patch): lesion, organ code."""
         start = self.crop_start(volume.shape, centre)
         region = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
+        if volume.organs is not None:
+            return volume.image[(slice(None),) + region], np.stack([volume.label[region], volume.organs[region]])
         return volume.image[(slice(None),) + region], volume.label[region]
 
     def sample(self, volume: Volume, n: int, rng: np.random.Generator) -> List[Tuple[np.ndarray, np.ndarray, bool]]:

@@ -96,6 +96,8 @@ class TrainConfig:
     seg_weight: float = _f(1.0, "loss", "weight of the deep-supervised segmentation loss")
     recon_weight: float = _f(0.5, "loss", "weight of the reconstruction MSE")
     sdkt_weight: float = _f(2.0, "loss", "weight of the SDKT Gram-matrix MSE")
+    organ_weight: float = _f(0.5, "loss", "weight of the organ CE (models with an organ head: "
+                                          "[model.model_overrides] n_organs)")
 
     # [optim]
     lr: float = _f(2.5e-4, "optim", "AdamW base learning rate")
@@ -113,8 +115,8 @@ class TrainConfig:
     # [train]
     seed: int = _f(12345, "train", "seed of python, numpy and torch (rank r uses seed + r)")
     device: str = _f("auto", "train", "'auto', 'cpu' or 'cuda'")
-    amp: str = _f("auto", "train", "'auto' (bf16 if supported on CUDA, else fp16; off on CPU), 'bf16', "
-                  "'fp16' or 'off'")
+    amp: str = _f("auto", "train", "'auto' (bf16 if supported on CUDA, else fp16; off on CPU), 'bf16' "
+                  "(CUDA or CPU: fast where the CPU has AVX-512 BF16/AMX), 'fp16' (CUDA) or 'off'")
     num_threads: int = _f(0, "train", "torch CPU threads (0 = torch's default)")
     cudnn_deterministic: bool = _f(True, "train", "deterministic cuDNN, benchmark off (the reference)")
     fused_optimizer: bool = _f(False, "train", "AdamW as one fused kernel over all parameters (same update "
@@ -180,7 +182,7 @@ class TrainConfig:
         need(len(self.ds_weights) == 4 and all(w >= 0 for w in self.ds_weights) and sum(self.ds_weights) > 0,
              "ds_weights must be four non-negative numbers with a positive sum")
         need(all(w >= 0 for w in (self.ce_weight, self.dice_weight, self.seg_weight, self.recon_weight,
-                                  self.sdkt_weight)), "loss weights must be >= 0")
+                                  self.sdkt_weight, self.organ_weight)), "loss weights must be >= 0")
         need(self.dice_smooth >= 0, "dice_smooth must be >= 0")
         need(self.lr > 0 and self.weight_decay >= 0 and self.eps > 0, "lr and eps must be > 0, "
              "weight_decay >= 0")

@@ -45,21 +45,25 @@ import torch.distributed as dist
 
 from . import augment
 from .checkpoint import load_checkpoint, save_checkpoint
+from .data.organs import ORGAN_NAMES
 from .losses import LossParts, SDKTLoss
 from .mining import HardNegativePool, mine_volumes, pick_volumes
 from .model import VeloxSeg, VeloxSegConfig
 from .plots import plot_run
+from .run_state import REWARM_STEPS, is_compact, rewarm_factor
 from .sampling import CropSampler, epoch_plan
 from .train_config import TrainConfig, dump_toml
 from .training_data import VolumeStore, read_dataset
 from .validation import plan_items, validate
 
-PART_NAMES = LossParts._fields  # total, seg, ce, dice, recon, sdkt
-STEP_COLUMNS = ["global_step", "epoch", "lr", "loss", "seg", "ce", "dice", "recon", "sdkt", "seconds"]
+PART_NAMES = LossParts._fields  # total, seg, ce, dice, recon, sdkt, organ
+LOG_PARTS = ["loss", "seg", "ce", "dice", "recon", "sdkt", "organ"]  # PART_NAMES as the logs name them
+STEP_COLUMNS = ["global_step", "epoch", "lr", *LOG_PARTS, "seconds"]
 VAL_KEYS = ["dice", "dice_pos", "hd95_mm", "precision", "recall", "fp_volume_ml", "fn_volume_ml"]
 PLOT_INTERVAL_S = 300.0
-EPOCH_COLUMNS = (["epoch", "global_step", "lr", "loss", "seg", "ce", "dice", "recon", "sdkt", "patches_per_s",
-                  "epoch_seconds"] + [f"val_{k}" for k in VAL_KEYS])
+ORGAN_HEAD_PREFIX = "seg_decoder.organ_head."
+EPOCH_COLUMNS = (["epoch", "global_step", "lr", *LOG_PARTS, "patches_per_s", "epoch_seconds"]
+                 + [f"val_{k}" for k in VAL_KEYS])
 
 
 class TrainingError(RuntimeError):
@@ -91,6 +95,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
     factor = WarmupCosine(config.epochs * per_unit, round(config.warmup_epochs * per_unit),
                           config.eta_min / config.lr)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def build_model(config: TrainConfig) -> VeloxSeg:
@@ -214,18 +227,28 @@ class Trainer:
         return torch.device("cpu")
 
     def _amp_dtype(self) -> Optional[torch.dtype]:
-        if self.device.type != "cuda" or self.config.amp == "off":
-            return None  # mixed precision only on CUDA
-        if self.config.amp == "fp16":
+        amp = self.config.amp
+        if amp == "off":
+            return None
+        if self.device.type == "cpu":
+            # bf16 only when asked for ('auto' stays float32 on CPU): it pays off where the CPU computes bf16
+            # natively (AVX-512 BF16, AMX; benchmarks/train_throughput.py measures it) and is slow elsewhere.
+            if amp == "fp16":
+                raise TrainingError("amp 'fp16' runs on CUDA only; on CPU use 'bf16' or 'off'")
+            if amp == "bf16" and not cpu_has_native_bf16():
+                self.log("Note: amp 'bf16' on a CPU without native bf16 (AVX-512 BF16 or AMX) is emulated "
+                         "and usually slower than float32.")
+            return torch.bfloat16 if amp == "bf16" else None
+        if amp == "fp16":
             return torch.float16
-        if self.config.amp == "bf16" or torch.cuda.is_bf16_supported():
+        if amp == "bf16" or torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float16
 
     def autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -265,8 +288,12 @@ class Trainer:
         if not train_cases:
             raise TrainingError(f"{self.data_dir}: no cases in split '{config.train_split}'")
         self.log(f"Loading {len(train_cases)} training volumes from {self.data_dir} ...")
+        organs = int(config.model_overrides.get("n_organs", 0))
+        if organs and organs != len(ORGAN_NAMES):
+            raise TrainingError(f"n_organs is {organs}, but the organ maps have {len(ORGAN_NAMES)} classes "
+                                f"({', '.join(ORGAN_NAMES)})")
         self.train_store = VolumeStore(self.dataset, train_cases, config.patch_size, config.cache_volumes,
-                                       config.body_ct_threshold_hu)
+                                       config.body_ct_threshold_hu, with_organs=organs > 0)
         val_cases = self.dataset.split(config.val_split) if config.val_split else []
         if config.val_max_volumes:
             val_cases = val_cases[: config.val_max_volumes]
@@ -308,6 +335,7 @@ class Trainer:
         self.last_val: Dict[str, float] = {}
         self.epoch_sums = [0.0] * (len(PART_NAMES) + 2)  # parts, patches, seconds
         self.elapsed_before = 0.0  # training seconds of earlier invocations (resume)
+        self.rewarm_from: Optional[int] = None  # global step of a resume from a compact state (LR re-warm)
         self.bad_steps = 0
         if self.resume_path:
             self._resume(self.resume_path)
@@ -316,10 +344,11 @@ class Trainer:
         self.is_set_up = True
 
     def _normalised_pet(self, suv: float) -> float:
-        """An SUV expressed in the normalised PET channel of the prepared data (clip, then z-score)."""
-        pet = self.dataset.normalization["PET"]
-        suv = min(max(suv, pet["clip_low"]), pet["clip_high"])
-        return (suv - pet["mean"]) / pet["std"]
+        """An SUV expressed in the normalised PET channel of the prepared data: the engine's formula, which
+        normalised the volumes, so a voxel of exactly this SUV compares equal to the threshold."""
+        from VeloxSegSlicerLib.engine.preprocess import normalize
+
+        return float(normalize(np.array([suv], dtype=np.float32), self.dataset.normalization["PET"])[0])
 
     def _load_initial_weights(self, path: Path) -> None:
         """Start from earlier weights (a second stage of a run): model only, fresh optimiser and schedule."""
@@ -329,9 +358,14 @@ class Trainer:
                                 f", but {self.data_dir} has {self.dataset.normalization}; use weights trained on "
                                 "the same prepared data")
         result = self.model.load_state_dict(payload["state_dict"], strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise TrainingError(f"init_weights {path} does not fit this model: missing {sorted(result.missing_keys)}"
+        # A model without an organ head may seed one with it: the new head starts from its initialisation.
+        new_head = [k for k in result.missing_keys if k.startswith(ORGAN_HEAD_PREFIX)]
+        missing = sorted(set(result.missing_keys) - set(new_head))
+        if missing or result.unexpected_keys:
+            raise TrainingError(f"init_weights {path} does not fit this model: missing {missing}"
                                 f", unexpected {sorted(result.unexpected_keys)}")
+        if new_head:
+            self.log(f"init_weights {path} has no organ head; it starts from its initialisation.")
         steps = payload.get("extra", {}).get("steps")
         self.log(f"Initial weights from {path}" + (f" (trained {steps} steps)" if steps is not None else "") + ".")
 
@@ -347,11 +381,18 @@ class Trainer:
         names = [c.name for c in self.train_store.cases]
         if stored_cases is not None and stored_cases != names:
             self.log("Warning: the training cases differ from the checkpoint's; the continuation is not exact.")
-        self.model.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        compact = is_compact(state)
+        self.model.load_state_dict(payload["state_dict"])  # a compact state's float16 weights are cast back
+        if compact:  # fresh AdamW moments: the LR ramps up again over the first steps (run_state.py)
+            self.rewarm_from = int(state["global_step"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         fresh = dict(self.scheduler.lr_lambdas[0].__dict__)
         self.scheduler.load_state_dict(state["scheduler"])
         factor = self.scheduler.lr_lambdas[0]
+        if compact:  # the optimiser's groups still hold the start LR: put them at the schedule's position
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * factor(self.scheduler.last_epoch)
         if factor.__dict__ != fresh:
             # The recipe's length or LR changed (e.g. --epochs to extend a run): follow the new schedule
             # from here on instead of the checkpoint's, and say so, since the LR curve bends at this point.
@@ -367,8 +408,11 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         self.best_epoch = int(state["best_epoch"])
         self.last_val = dict(state.get("last_val", {}))
-        self.epoch_sums = [float(v) for v in state["epoch_sums"]]
-        self.mined.load_state_dict(state.get("mined", {}))
+        sums = [float(v) for v in state["epoch_sums"]]
+        if len(sums) < len(PART_NAMES) + 2:  # a checkpoint from before the organ loss part: no organ sum
+            sums = sums[:-2] + [0.0] * (len(PART_NAMES) + 2 - len(sums)) + sums[-2:]
+        self.epoch_sums = sums
+        self.mined.load_state_dict(state.get("mined", {}))  # a compact state has none: mined afresh
         self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
         rng_states = state["rng"]
         if len(rng_states) == self.dist.world_size:
@@ -381,7 +425,8 @@ class Trainer:
             self.rng = np.random.default_rng([self.config.seed, self.dist.rank, self.global_step])
             torch.manual_seed(seed)
         self.log(f"Resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch} of the epoch, "
-                 f"global step {self.global_step}.")
+                 f"global step {self.global_step}" + (" (compact state: fresh optimiser moments, the LR ramps "
+                                                      f"up over {REWARM_STEPS} steps)." if compact else "."))
 
     # ----------------------------------------------------------------- checkpoints and logs
     def training_state(self) -> dict:
@@ -519,7 +564,14 @@ class Trainer:
         if self.config.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        scale = 1.0 if self.rewarm_from is None else rewarm_factor(self.global_step - self.rewarm_from)
+        if scale < 1.0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
         self.scaler.step(self.optimizer)
+        if scale < 1.0:  # the scheduler's own value again; it never sees the ramp
+            for group in self.optimizer.param_groups:
+                group["lr"] /= scale
         self.scaler.update()
         return torch.stack([p.detach().float() for p in parts])
 
@@ -635,7 +687,7 @@ class Trainer:
                 rate = patches / seconds
                 speed = rate if speed is None else 0.9 * speed + 0.1 * rate
                 if self.dist.is_main:
-                    row = dict(zip(["loss", "seg", "ce", "dice", "recon", "sdkt"], values))
+                    row = dict(zip(LOG_PARTS, values))
                     self._append("log_steps.csv", STEP_COLUMNS, {"global_step": self.global_step,
                                                                  "epoch": epoch + 1, "lr": lr,
                                                                  "seconds": seconds, **row})
@@ -695,7 +747,7 @@ class Trainer:
         if self.dist.is_main:
             row = {"epoch": self.epoch, "global_step": self.global_step, "lr": lr,
                    "patches_per_s": patches_per_s, "epoch_seconds": epoch_seconds,
-                   **dict(zip(["loss", "seg", "ce", "dice", "recon", "sdkt"], means)),
+                   **dict(zip(LOG_PARTS, means)),
                    **{f"val_{k}": val[k] for k in VAL_KEYS if val}}
             self._append("log_epochs.csv", EPOCH_COLUMNS, row)
         names = ["last.pt"]

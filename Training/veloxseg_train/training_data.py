@@ -45,6 +45,7 @@ class Volume:
     spacing_zyx: Tuple[float, float, float]
     pad_before: Tuple[int, int, int]  # voxels added in front of each axis to reach the crop size
     original_shape: Tuple[int, int, int]  # shape before that padding
+    organs: Optional[np.ndarray] = None  # uint8 (Z, Y, X) organ codes (IGNORE where unknown), organ training only
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -125,13 +126,16 @@ def read_case(case: CaseInfo):
         raise DataError(f"Case {case.name}: cannot read {case.file}: {error}") from None
 
 
-def load_arrays(case: CaseInfo) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CT (HU), PET (SUV), label of a case, checked: present, same shape, finite, binary, as described."""
+def load_arrays(case: CaseInfo, with_organs: bool = False):
+    """CT (HU), PET (SUV), label of a case, checked: present, same shape, finite, binary, as described;
+    with_organs: and the organ codes (None when the case has no organ map)."""
     prepared = read_case(case)
     ct = np.asarray(prepared.ct, dtype=np.float32)
     pet = np.asarray(prepared.pet, dtype=np.float32)
     label = np.asarray(prepared.label)
     check_case(case.name, ct, pet, label, case.shape_zyx, case.lesion_free)
+    if with_organs:
+        return ct, pet, (label > 0).astype(np.uint8), prepared.organs
     return ct, pet, (label > 0).astype(np.uint8)
 
 
@@ -170,8 +174,16 @@ def check_case(name: str, ct: np.ndarray, pet: np.ndarray, label: np.ndarray,
 
 def make_volume(name: str, ct: np.ndarray, pet: np.ndarray, label: np.ndarray, normalization: Dict[str, dict],
                 patch_size: Sequence[int], spacing_zyx: Sequence[float],
-                body_ct_threshold_hu: float = -500.0) -> Volume:
-    """Pad to at least one crop (air / zero SUV), normalise with the engine's function, index lesions."""
+                body_ct_threshold_hu: float = -500.0, organs: Optional[np.ndarray] = None,
+                with_organs: bool = False) -> Volume:
+    """Pad to at least one crop (air / zero SUV), normalise with the engine's function, index lesions.
+
+    with_organs: keep an organ-code array (IGNORE everywhere when `organs` is None), so every crop of an
+    organ-training run carries an organ target of the same shape."""
+    from .data.organs import IGNORE
+
+    if with_organs and organs is None:
+        organs = np.full(ct.shape, IGNORE, np.uint8)
     from VeloxSegSlicerLib.engine.preprocess import normalize
 
     original_shape = tuple(int(s) for s in ct.shape)
@@ -182,6 +194,8 @@ def make_volume(name: str, ct: np.ndarray, pet: np.ndarray, label: np.ndarray, n
         ct = np.pad(ct, widths, constant_values=AIR_HU)
         pet = np.pad(pet, widths, constant_values=0.0)
         label = np.pad(label, widths, constant_values=0)
+        if with_organs:
+            organs = np.pad(organs, widths, constant_values=IGNORE)
     image = np.stack([normalize(ct, normalization["CT"]), normalize(pet, normalization["PET"])]).astype(
         np.float32, copy=False)
     body = ct > body_ct_threshold_hu
@@ -193,15 +207,17 @@ def make_volume(name: str, ct: np.ndarray, pet: np.ndarray, label: np.ndarray, n
         lo, hi = (0, 0, 0), tuple(ct.shape)
     label = np.ascontiguousarray(label, dtype=np.uint8)
     return Volume(name, np.ascontiguousarray(image), label, np.flatnonzero(label).astype(np.int64), lo, hi,
-                  tuple(float(s) for s in spacing_zyx), pad_before, original_shape)
+                  tuple(float(s) for s in spacing_zyx), pad_before, original_shape,
+                  np.ascontiguousarray(organs, dtype=np.uint8) if with_organs else None)
 
 
 class VolumeStore:
     """The volumes of one split: all in memory, or loaded from disk each time one is asked for."""
 
     def __init__(self, dataset: PreparedDataset, cases: List[CaseInfo], patch_size: Sequence[int],
-                 cache: bool = True, body_ct_threshold_hu: float = -500.0):
+                 cache: bool = True, body_ct_threshold_hu: float = -500.0, with_organs: bool = False):
         self.dataset = dataset
+        self.with_organs = with_organs
         self.cases = cases
         self.patch_size = list(patch_size)
         self.body_ct_threshold_hu = body_ct_threshold_hu
@@ -218,9 +234,9 @@ class VolumeStore:
 
     def _load(self, index: int) -> Volume:
         case = self.cases[index]
-        ct, pet, label = load_arrays(case)
+        ct, pet, label, organs = load_arrays(case, with_organs=True)
         return make_volume(case.name, ct, pet, label, self.dataset.normalization, self.patch_size,
-                           self.dataset.spacing_zyx, self.body_ct_threshold_hu)
+                           self.dataset.spacing_zyx, self.body_ct_threshold_hu, organs, self.with_organs)
 
     def __getitem__(self, index: int) -> Volume:
         if index in self._cache:

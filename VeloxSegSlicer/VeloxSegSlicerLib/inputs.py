@@ -20,11 +20,6 @@ from .mrml_io import volumeArray, worldBounds
 SUV_BW_UNITS = "{SUVbw}g/ml"
 OTHER_SUV_UNITS = ("{SUVlbm}g/ml", "{SUVbsa}cm2/ml", "{SUVibw}g/ml")
 
-# The quick check (button tooltip) only has the value range: no SUV image reaches this maximum.
-MAX_PLAUSIBLE_SUV = 1000.0
-# CT and PET must share at least this fraction of the PET field of view.
-MIN_OVERLAP_FRACTION = 0.2
-
 HOW_TO_GET_SUV = (
     "Load the PET series through the DICOM module with the PET DICOM extension installed (its PET plugin "
     "converts to SUVbw), or convert it yourself: SUVbw = activity [Bq/ml] x body weight [g] / "
@@ -137,9 +132,9 @@ def _petUnitsProblem(petNode, cheap=False):
                 "Load the SUVbw series of this PET (DICOM module, PET plugin).")
     if units:
         return f"'{name}' is in {units}, not in SUV. {HOW_TO_GET_SUV}"
-    if cheap:
+    if cheap:  # the value range only, against the engine's own limit: the button and the console agree
         valueMax = petNode.GetImageData().GetScalarRange()[1]
-        if valueMax > MAX_PLAUSIBLE_SUV:
+        if valueMax > checks.SUV_MAX_LIMIT:
             return (f"'{name}' does not look like SUV: its values reach {valueMax:.0f}, far above any SUV "
                     f"(raw counts or Bq/ml?). {HOW_TO_GET_SUV}")
     return ""
@@ -157,20 +152,22 @@ def _ctProblem(ctNode, cheap=False):
         return f"'{ctNode.GetName()}' is a PET image. Choose the CT of the study as CT volume."
     if cheap:  # the value range only: a CT reaches air and bone
         valueMin, valueMax = ctNode.GetImageData().GetScalarRange()
-        if valueMin > checks.CT_AIR_HU or valueMax < checks.CT_BONE_HU:
+        if valueMin > checks.CT_AIR_THRESHOLD_HU or valueMax < checks.CT_BONE_HU:
             return (f"'{ctNode.GetName()}' does not look like a CT in Hounsfield units (values {valueMin:.0f} to "
                     f"{valueMax:.0f}, without air or bone). Choose the CT of the study as CT volume.")
         return ""
     return _contentProblem(checks.check_ct, ctNode)
 
 
+def worldBoxLps(volumeNode):
+    """(low, high) of the node's voxel-centre box in world LPS millimetres, as the engine measures images."""
+    low, high = (np.asarray(corner, dtype=float) * (-1.0, -1.0, 1.0) for corner in worldBounds(volumeNode))
+    return np.minimum(low, high), np.maximum(low, high)
+
+
 def overlapFraction(ctNode, petNode):
-    """Fraction of the PET bounding box (world RAS) that lies inside the CT bounding box."""
-    ctMin, ctMax = worldBounds(ctNode)
-    petMin, petMax = worldBounds(petNode)
-    inter = np.clip(np.minimum(ctMax, petMax) - np.maximum(ctMin, petMin), 0.0, None)
-    petExtent = np.maximum(petMax - petMin, 1e-6)
-    return float(np.prod(inter / petExtent))
+    """Fraction of the PET's world box that lies inside the CT's (the engine's overlap rule)."""
+    return checks.pet_in_ct_fraction(worldBoxLps(ctNode), worldBoxLps(petNode))
 
 
 def checkInputs(ctNode, petNode, cheap=False):
@@ -189,13 +186,9 @@ def checkInputs(ctNode, petNode, cheap=False):
     if problem:
         return problem
     try:
-        fraction = overlapFraction(ctNode, petNode)
+        checks.check_overlap(worldBoxLps(ctNode), worldBoxLps(petNode), ctNode.GetName(), petNode.GetName())
     except InputError as error:
         return str(error)
-    if fraction < MIN_OVERLAP_FRACTION:
-        return (f"CT '{ctNode.GetName()}' and PET '{petNode.GetName()}' do not overlap in space "
-                f"({100 * fraction:.0f} % of the PET lies inside the CT). Choose a CT and PET of the same "
-                "study, or register them first.")
     return ""
 
 

@@ -7,7 +7,9 @@ One run has three steps, so the module can keep the GUI responsive and the scene
 3. ``finish`` (main thread): build the segmentation and table and put them into the scene at once.
 
 ``segment`` does the three in a row (blocking, for the Python console and scripts); ``segmentFolder``
-runs it on every case of a folder. Cancelling or failing before step 3 leaves the scene unchanged.
+is the engine's cohort runner (``run_batch``, as ``veloxseg batch``) plus a Slicer segmentation file per
+study and, when asked, the results in the scene. Cancelling or failing before step 3 leaves the scene
+unchanged.
 
 Console example::
 
@@ -17,12 +19,10 @@ Console example::
 """
 
 import logging
-import os
 import threading
 import time
 
 import SimpleITK as sitk
-import slicer
 
 from . import batch, dependencies, inputs, mrml_io, results
 from .engine import (
@@ -35,6 +35,7 @@ from .engine import (
     load_model,
     segment_study,
 )
+from .engine.batch import run_batch
 from .engine.pipeline import ReleasableImage
 from .engine.progress import plural
 
@@ -137,6 +138,14 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         if outputSegmentationNode is not None and not outputSegmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"'{outputSegmentationNode.GetName()}' is not a segmentation. Choose a segmentation "
                              "as output, or none to create a new one.")
+        options = self._checkedOptions(device, threads, overlap, minLesionMl, blending, minSuvMax)
+        ctImage = mrml_io.sitkImageFromVolumeNode(ctNode)
+        petImage = mrml_io.sitkImageFromVolumeNode(petNode)
+        return SegmentationJob(self, ctNode, petNode, ctImage, petImage, outputSegmentationNode, device,
+                               int(threads), options, bool(oneSegmentPerLesion))
+
+    def _checkedOptions(self, device, threads, overlap, minLesionMl, blending, minSuvMax):
+        """The engine's SegmentOptions, every argument checked (InputError), before any copy or run."""
         if device not in self.DEVICES:
             raise InputError(f"Unknown device {device!r}: use 'cpu' or 'gpu'.")
         if int(threads) < 0:
@@ -148,10 +157,7 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         options = SegmentOptions(overlap=float(overlap), blending=blending, min_lesion_ml=float(minLesionMl),
                                  min_suv_max=float(minSuvMax))
         options.validate()  # the engine's own checks, here before any copy or background run
-        ctImage = mrml_io.sitkImageFromVolumeNode(ctNode)
-        petImage = mrml_io.sitkImageFromVolumeNode(petNode)
-        return SegmentationJob(self, ctNode, petNode, ctImage, petImage, outputSegmentationNode, device,
-                               int(threads), options, bool(oneSegmentPerLesion))
+        return options
 
     def finish(self, job, showResult=True):
         """Put a finished job's results into the scene; returns (segmentationNode, tableNode)."""
@@ -169,8 +175,11 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
         segmentation, segmentOfLesion = results.buildSegmentation(labelArray, job.ctIjkToRasLocal, lesionIds,
                                                                   job.oneSegmentPerLesion)
         rows = results.buildTableRows(result.lesions, result.totals, segmentOfLesion)
-        return results.commitResults(job.ctNode, job.petNode, segmentation, rows, len(lesionIds),
-                                     outputSegmentationNode=output, showResult=showResult)
+        segNode, tableNode = results.commitResults(job.ctNode, job.petNode, segmentation, rows, len(lesionIds),
+                                                   outputSegmentationNode=output, showResult=showResult)
+        for warning in result.warnings:  # e.g. a CT covering only part of the PET: never silent
+            logging.warning(f"VeloxSeg: {warning}")
+        return segNode, tableNode
 
     # -- blocking API ----------------------------------------------------------------------------------
 
@@ -205,55 +214,40 @@ class VeloxSegSlicerLogic(ScriptedLoadableModuleLogic):
 
     def segmentFolder(self, inputDir, outputDir, ctPattern=None, petPattern=None, device="cpu", threads=1,
                       overlap=0.25, minLesionMl=DEFAULT_MIN_LESION_ML, oneSegmentPerLesion=True,
-                      progressCallback=None, cancelCallback=None, blending="uniform", minSuvMax=DEFAULT_MIN_SUV_MAX):
-        """Segment every case of ``inputDir``; write per case ``<case>.seg.nrrd`` and ``<case>_lesions.csv``
-        into ``outputDir``, and ``summary.csv`` over all cases. Returns the summary rows (dicts).
+                      progressCallback=None, cancelCallback=None, blending="uniform", minSuvMax=DEFAULT_MIN_SUV_MAX,
+                      workers=1, scheduler=None, loadResults=False):
+        """Segment every study sub-folder of ``inputDir`` into ``outputDir``: the engine's ``run_batch``
+        (what ``veloxseg batch`` runs: docs/cli.md), plus ``<study>/lesions.seg.nrrd``. Returns its
+        BatchReport (``rows``: those of ``summary.csv``; ``tally()``; ``exit_code``).
 
-        A case is a sub-folder (or ``inputDir`` itself) holding one CT and one PET, each an image file
-        (NIfTI, NRRD, MHA) or a DICOM series folder; PET DICOM is converted to SUVbw from its header.
-        Files are told apart by name (CT: 'ct'; PET: 'pet', 'suv' or 'pt'; masks/labels/segmentations are
-        ignored) or by the glob patterns ``ctPattern``/``petPattern``. A failing case is reported in the
-        summary and the next case runs; the scene is left as it was.
+        Each sub-folder is a study with one CT and one PET (image files or DICOM series folders; PET DICOM
+        becomes SUVbw), told apart by the engine's name rule or the globs ``ctPattern``/``petPattern``.
+        Per study ``lesions.nii.gz``, ``lesions.csv``, ``veloxseg_run.json`` and ``lesions.seg.nrrd``; a
+        rerun skips studies finished with the same inputs, model and options; a failing study is reported
+        in ``summary.csv`` and the others run. ``workers``: 1 runs the studies in this process, N > 1 in N
+        worker processes, 0 one per core; ``scheduler``: a Dask scheduler address. ``loadResults``: also put
+        each finished study (CT, PET, segmentation, lesion table) into the scene; otherwise the scene is left
+        as it was. ``progressCallback(fraction, text)``; ``cancelCallback()`` -> True stops the run: running
+        studies write nothing, finished ones stay, and Cancelled is raised.
         """
-        report = progressCallback or (lambda fraction, stage: None)
-        cases = batch.findCases(inputDir, ctPattern, petPattern)
-        if not cases:
-            raise InputError(f"No case with a CT and a PET found in {inputDir}. Put each case in its own folder, "
-                             "or pass ctPattern/petPattern.")
-        dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
-        os.makedirs(outputDir, exist_ok=True)
-        summary = []
-        for index, case in enumerate(cases):
-            if cancelCallback is not None and cancelCallback():
-                raise Cancelled(f"Cancelled after {index} of {len(cases)} cases.")
-
-            def caseProgress(fraction, stage, index=index, case=case):
-                report((index + fraction) / len(cases), f"{case.name} ({index + 1}/{len(cases)}): {stage}")
-
-            summary.append(self._segmentCase(case, outputDir, caseProgress, cancelCallback, device, threads,
-                                             overlap, minLesionMl, oneSegmentPerLesion, blending, minSuvMax))
-        batch.writeSummary(summary, os.path.join(outputDir, "summary.csv"))
-        report(1.0, f"Done: {plural(len(cases), 'case')}")
-        return summary
-
-    def _segmentCase(self, case, outputDir, report, cancelCallback, device, threads, overlap, minLesionMl,
-                     oneSegmentPerLesion, blending, minSuvMax):
-        scene = slicer.mrmlScene
-        before = set(batch.nodeIds(scene))
-        started = time.perf_counter()
-        try:
-            report(0.0, "Reading")
-            ctNode, petNode = batch.loadCase(case)
-            segNode, tableNode = self.segment(ctNode, petNode, None, device, threads, overlap, minLesionMl,
-                                              oneSegmentPerLesion, report, cancelCallback, showResult=False,
-                                              blending=blending, minSuvMax=minSuvMax)
-            outputs = batch.saveCaseResults(case.name, segNode, tableNode, outputDir)
-            row = batch.summaryRow(case, tableNode, outputs, time.perf_counter() - started)
-        except Cancelled:
-            raise
-        except (VeloxSegError, OSError, RuntimeError, ValueError) as error:
-            logging.error(f"VeloxSeg: case {case.name} failed: {error}")
-            row = batch.summaryRow(case, None, {}, time.perf_counter() - started, error=str(error))
-        finally:
-            batch.removeNewNodes(scene, before)
-        return row
+        options = self._checkedOptions(device, threads, overlap, minLesionMl, blending, minSuvMax)
+        if scheduler is None:  # the studies run on this computer, in Slicer's Python
+            dependencies.ensureOnnxRuntime(gpu=(device == "gpu"))
+        # in this process: the Logic's cached model; worker processes load it themselves from its manifest
+        model = self.model(device, threads) if scheduler is None and workers == 1 else self.manifestPath
+        extras = batch.StudyOutputs(inputDir, oneSegmentPerLesion, loadResults)
+        report = run_batch(inputDir, outputDir, model, options, workers=workers, scheduler=scheduler, device=device,
+                           threads=int(threads), ct_pattern=ctPattern, pet_pattern=petPattern,
+                           cancelled=cancelCallback, show_progress=False, progress=progressCallback,
+                           after_study=extras)
+        for row in report.rows:
+            if row["status"] == "failed":
+                logging.error(f"VeloxSeg: study {row['study']} failed: {row.get('message', '')}")
+            elif row.get("warning"):
+                logging.warning(f"VeloxSeg: study {row['study']}: {row.get('message', '')}")
+        if report.cancelled:
+            raise Cancelled(f"Cancelled; finished studies are kept. {report.tally()}")
+        logging.info(f"VeloxSeg: {report.tally()}")
+        if progressCallback is not None:
+            progressCallback(1.0, f"Done: {report.tally()}")
+        return report

@@ -30,11 +30,17 @@ TABLE_COLUMNS = (
     ("CentroidR_mm", "mm", "Centroid, Right coordinate (RAS)"),
     ("CentroidA_mm", "mm", "Centroid, Anterior coordinate (RAS)"),
     ("CentroidS_mm", "mm", "Centroid, Superior coordinate (RAS)"),
+    ("Site", "", "Anatomical site under the lesion (liver, lung, bone, ...), from the model's organ output; empty "
+                 "when the model names no sites"),
     ("Voxels", "", "Number of PET voxels in the lesion"),
     ("OnCT", "", "1 = the lesion is in the segmentation (CT grid); 0 = it has no voxel on the CT grid (it lies "
                  "outside the CT field of view): PET statistics only, no segment"),
+    ("CutByCTEdge", "", "1 = the lesion touches the part of the PET the CT does not cover, which is not analysed: "
+                        "it is cut there (MTV and TLG too low); 0 = not"),
 )
-_STRING_COLUMNS = ("Lesion", "Segment")
+_STRING_COLUMNS = ("Lesion", "Segment", "Site")
+# Counts and 0/1 flags: double columns in the table (the Total row's flags are NaN), whole numbers in a CSV.
+INTEGER_COLUMNS = ("Voxels", "OnCT", "CutByCTEdge")
 
 
 def _binaryLabelmapName():
@@ -143,8 +149,10 @@ def buildTableRows(lesions, totals, segmentOfLesion):
             "Lesion": str(lesion.id), "Segment": segmentOfLesion.get(int(lesion.id), ""),
             "SUVmax": float(lesion.suv_max), "SUVmean": float(lesion.suv_mean), "SUVpeak": float(lesion.suv_peak),
             "MTV_mL": float(lesion.mtv_ml), "TLG_g": float(lesion.tlg),
-            "CentroidR_mm": r, "CentroidA_mm": a, "CentroidS_mm": s, "Voxels": float(lesion.voxels),
+            "CentroidR_mm": r, "CentroidA_mm": a, "CentroidS_mm": s, "Site": str(getattr(lesion, "site", "")),
+            "Voxels": float(lesion.voxels),
             "OnCT": 1.0 if int(lesion.id) in segmentOfLesion else 0.0,
+            "CutByCTEdge": 1.0 if lesion.cut_by_ct_edge else 0.0,
         })
     voxels = sum(float(lesion.voxels) for lesion in lesions)
     totalMtv = float(totals.total_mtv_ml)
@@ -155,8 +163,8 @@ def buildTableRows(lesions, totals, segmentOfLesion):
         "SUVmean": float(totals.total_tlg) / totalMtv if totalMtv > 0 else float("nan"),
         "SUVpeak": max((float(lesion.suv_peak) for lesion in lesions), default=float("nan")),
         "MTV_mL": totalMtv, "TLG_g": float(totals.total_tlg),
-        "CentroidR_mm": float("nan"), "CentroidA_mm": float("nan"), "CentroidS_mm": float("nan"),
-        "Voxels": voxels, "OnCT": float("nan"),
+        "CentroidR_mm": float("nan"), "CentroidA_mm": float("nan"), "CentroidS_mm": float("nan"), "Site": "",
+        "Voxels": voxels, "OnCT": float("nan"), "CutByCTEdge": float("nan"),
     })
     return rows
 

@@ -27,6 +27,7 @@ class CaseFiles:
     ct: Optional[Path]
     pet: Optional[Path]
     label: Optional[Path]
+    organs: Optional[Path] = None  # organ codes (organs.ORGAN_NAMES) on the PET grid, where the case has them
 
 
 @dataclass

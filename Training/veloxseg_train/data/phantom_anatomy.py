@@ -13,6 +13,7 @@ from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 
+from .organs import ORGAN
 from .phantom_canvas import (
     AIR,
     BLOOD,
@@ -227,14 +228,15 @@ def _abdomen(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
     cv.paint(cv.ellipsoid(*body.organ("spleen", 95, 45, 550, 32, 48, 55)), SPLEEN)
     stomach_c, stomach_r = body.organ("stomach", 55, -35, 545, 45, 38, 45)
     cv.paint(cv.ellipsoid(stomach_c, stomach_r), STOMACH)
-    cv.paint(cv.ellipsoid(stomach_c, stomach_r - 7), FLUID)
-    cv.paint(cv.ellipsoid(np.add(stomach_c, (0, -18, 10)), stomach_r * 0.5), GAS, only=(FLUID,))
+    cv.paint(cv.ellipsoid(stomach_c, stomach_r - 7), FLUID, organ=ORGAN["bowel_stomach"])
+    cv.paint(cv.ellipsoid(np.add(stomach_c, (0, -18, 10)), stomach_r * 0.5), GAS, only=(FLUID,),
+             organ=ORGAN["bowel_stomach"])
     for side in (-1, 1):
         kidney_c, kidney_r = body.organ("kidney", side * 70, 50, 635 + u(-20, 20), 28, 28, 55)
         cv.paint(cv.ellipsoid(kidney_c, kidney_r), KIDNEY)
         pelvis_c = np.add(kidney_c, (-side * 15 * body.lean, -8, -5))
         cv.paint(cv.ellipsoid(pelvis_c, np.asarray(body.size(10, 10, 20)) * u(0.5, 1.4)), URINE,
-                 suv=cv.defaults[URINE][0] * u(0.3, 1.5))
+                 suv=cv.defaults[URINE][0] * u(0.3, 1.5), organ=ORGAN["kidney"])  # the renal pelvis
     # Bowel: loops of patchy uptake, some with gas, in the visceral fat.
     for _ in range(int(rng.integers(25, 45))):
         centre = body.at(u(-105, 105), u(-75, 20), u(600, 800))
@@ -243,7 +245,7 @@ def _abdomen(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
         cv.paint(cv.ellipsoid(centre, radii), BOWEL, suv=float(np.exp(u(np.log(1.0), np.log(4.0)))),
                  hu=u(10, 40), only=(FAT, MUSCLE))
         if gas:
-            cv.paint(cv.ellipsoid(centre, np.array(radii) * 0.6), GAS, only=(BOWEL,))
+            cv.paint(cv.ellipsoid(centre, np.array(radii) * 0.6), GAS, only=(BOWEL,), organ=ORGAN["bowel_stomach"])
     fill = u(0.4, 1.5)
     bladder_c, bladder_r = body.organ("bladder", 0, -35, 845, 40 * fill, 35 * fill, 32 * fill)
     cv.paint(cv.ellipsoid(bladder_c, bladder_r), URINE, suv=float(np.exp(u(np.log(4.0), np.log(80.0)))))

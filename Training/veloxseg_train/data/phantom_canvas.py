@@ -1,4 +1,5 @@
-"""The voxel canvas the synthetic phantom is painted on: tissue codes, FDG uptake (SUV) and CT value (HU).
+"""The voxel canvas the synthetic phantom is painted on: tissue codes, organ codes, FDG uptake (SUV) and CT
+value (HU).
 
 Coordinates are millimetres in the patient frame of the phantom grid: x towards the patient's left,
 y posterior, z superior (LPS axes), the body axis at x = y = 0 and the vertex at z = 0. Shapes are
@@ -28,7 +29,13 @@ class Canvas:
         self.tissue = np.zeros(shape, np.uint8)
         self.suv = np.zeros(shape, np.float32)
         self.hu = np.full(shape, -1000.0, np.float32)
+        self.organ = np.zeros(shape, np.uint8)  # organ codes (organs.ORGAN_NAMES), the organ-target map
         self.defaults = defaults  # tissue code -> (suv, hu) for this case
+        from .organs import TISSUE_ORGAN  # here: organs.py imports this module's tissue codes
+
+        self.tissue_organ = np.zeros(256, np.uint8)
+        for tissue, organ in TISSUE_ORGAN.items():
+            self.tissue_organ[tissue] = organ
 
     @staticmethod
     def _range(axis: np.ndarray, lo: float, hi: float) -> Optional[slice]:
@@ -97,8 +104,13 @@ class Canvas:
         np.maximum(self.suv[sl], np.where(mask, np.float32(suv), 0), out=self.suv[sl])
 
     def paint(self, region: Optional[Region], tissue: int, suv: Optional[float] = None,
-              hu: Optional[float] = None, only: Optional[Iterable[int]] = None) -> None:
-        """Set tissue, uptake and HU inside `region` (only over the listed current tissues, if given)."""
+              hu: Optional[float] = None, only: Optional[Iterable[int]] = None,
+              organ: Optional[int] = None) -> None:
+        """Set tissue, uptake, HU and organ inside `region` (only over the listed current tissues, if given).
+
+        The organ is the tissue's own (organs.TISSUE_ORGAN) unless `organ` names it: urine in the renal
+        pelvis belongs to the kidney, in a ureter to the ureter.
+        """
         if region is None:
             return
         sl, mask = region
@@ -108,3 +120,4 @@ class Canvas:
         self.tissue[sl][mask] = tissue
         self.suv[sl][mask] = default_suv if suv is None else suv
         self.hu[sl][mask] = default_hu if hu is None else hu
+        self.organ[sl][mask] = self.tissue_organ[tissue] if organ is None else organ

@@ -13,6 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .organs import ORGAN
 from .phantom_anatomy import TORSO_A, TORSO_D, Body
 from .phantom_canvas import (
     AIR,
@@ -170,7 +171,7 @@ def _ureters(cv: Canvas, body: Body, rng: np.random.Generator) -> None:
             z = body.z(seg_d)[::-1]
             r = np.full(4, rng.uniform(2.0, 4.0), np.float32)
             cv.paint(cv.tube(z, np.interp(seg_d, d, cx)[::-1], np.interp(seg_d, d, cy)[::-1], r, r), URINE,
-                     suv=float(urine * rng.uniform(0.1, 0.8)), only=(FAT, MUSCLE))
+                     suv=float(urine * rng.uniform(0.1, 0.8)), only=(FAT, MUSCLE), organ=ORGAN["ureter"])
 
 
 def _exercised(cv: Canvas, body: Body, variants: Variants, rng: np.random.Generator) -> None:

@@ -2,7 +2,8 @@
 
 Per case: validate; build the engine's model grid (axis-aligned, the body plus 10 mm, at least one patch,
 grown if needed to hold every lesion voxel); resample CT (linear, -1000 HU outside) and PET (linear, 0
-outside) onto it with the engine's function, the label by nearest neighbour; save.
+outside) onto it with the engine's function, the label and the organ map (where the case has one) by
+nearest neighbour; save.
 Then split, and compute the normalisation constants from the training split only.
 Every bad case is reported; none is dropped unless the user asks for it (`skip_bad`), and then the
 dropped cases are listed in dataset.json.
@@ -94,7 +95,7 @@ def prepare_case(files: CaseFiles, name: str, out_dir: Path, options: PrepareOpt
     from VeloxSegSlicerLib.engine.preprocess import CT_AIR_HU, IDENTITY, PET_OUTSIDE, model_grid, resample_to_grid
 
     from .geometry import body_mask, foreground_box, grid_covering
-    from .validate import load_case
+    from .validate import load_case, read_image
 
     case = load_case(files)
     threads = 1 if options.workers > 1 else 0
@@ -114,13 +115,19 @@ def prepare_case(files: CaseFiles, name: str, out_dir: Path, options: PrepareOpt
         raise DataError(files.name, f"its {original_lesion} lesion voxels vanish on the "
                                     f"{options.spacing_xyz} mm model grid (lesions smaller than a voxel)")
     np.maximum(pet, 0.0, out=pet)  # interpolation can undershoot; SUV is never negative
+    organs = None
+    if files.organs is not None:
+        organ_image = read_image(files.name, "organ map", files.organs)
+        organs = sitk.GetArrayFromImage(resample_to_grid(organ_image, grid, 0, threads, sitk.sitkNearestNeighbor,
+                                                         sitk.sitkUInt8))
     save_case(out_dir / CASES_DIR / f"{name}.npz", ct, pet, label, grid.spacing, grid.origin, IDENTITY,
-              compress=options.compress)
+              compress=options.compress, organs=organs)
     lesion_voxels = int(np.count_nonzero(label))
     record = {"name": name, "source": files.source, "split": None, "file": f"{CASES_DIR}/{name}.npz",
               "shape_zyx": list(label.shape), "lesion_voxels": lesion_voxels, "lesion_free": lesion_voxels == 0,
+              "organs": organs is not None,
               "original": {"case": files.name, "ct": str(files.ct), "pet": str(files.pet),
-                           "label": str(files.label)}}
+                           "label": str(files.label), "organs": str(files.organs) if files.organs else None}}
     return record, case_stats(ct, pet, body_mask(ct), options.pet_clip_high)
 
 

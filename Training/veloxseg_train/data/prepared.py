@@ -2,7 +2,8 @@
 
 PREP/dataset.json lists the cases with their split and holds the normalisation constants (training split
 only, in the ONNX-manifest format); PREP/cases/NAME.npz holds one case on the model grid:
-ct (float32 HU), pet (float32 SUVbw), label (uint8 0/1), all (z, y, x), and spacing / origin (x, y, z mm,
+ct (float32 HU), pet (float32 SUVbw), label (uint8 0/1), optionally organs (uint8 organ codes, see
+organs.ORGAN_NAMES; absent where the case has no organ map), all (z, y, x), and spacing / origin (x, y, z mm,
 LPS) and direction (9 values, row-major) of that grid.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -30,6 +31,7 @@ class PreparedCase:
     spacing_xyz: tuple
     origin_xyz: tuple
     direction: tuple
+    organs: Optional[np.ndarray] = None  # uint8 organ codes (z, y, x), or None: no organ labels
 
     def to_image(self, array: np.ndarray):
         """`array` (z, y, x) as a SimpleITK image on this case's grid (for metrics, export, viewing)."""
@@ -43,11 +45,13 @@ class PreparedCase:
 
 
 def save_case(path: Path, ct: np.ndarray, pet: np.ndarray, label: np.ndarray, spacing_xyz: Sequence[float],
-              origin_xyz: Sequence[float], direction: Sequence[float], compress: bool = False) -> None:
+              origin_xyz: Sequence[float], direction: Sequence[float], compress: bool = False,
+              organs: Optional[np.ndarray] = None) -> None:
     writer = np.savez_compressed if compress else np.savez
+    extra = {} if organs is None else {"organs": organs.astype(np.uint8, copy=False)}
     writer(path, ct=ct.astype(np.float32, copy=False), pet=pet.astype(np.float32, copy=False),
-             label=label.astype(np.uint8, copy=False), spacing=np.asarray(spacing_xyz, np.float64),
-             origin=np.asarray(origin_xyz, np.float64), direction=np.asarray(direction, np.float64))
+           label=label.astype(np.uint8, copy=False), spacing=np.asarray(spacing_xyz, np.float64),
+           origin=np.asarray(origin_xyz, np.float64), direction=np.asarray(direction, np.float64), **extra)
 
 
 def load_dataset(prep_dir: Union[str, Path]) -> dict:
@@ -78,8 +82,11 @@ def load_case(prep_dir: Union[str, Path], record: Union[dict, str]) -> PreparedC
             ct=data["ct"], pet=data["pet"], label=data["label"],
             spacing_xyz=tuple(float(v) for v in data["spacing"]),
             origin_xyz=tuple(float(v) for v in data["origin"]),
-            direction=tuple(float(v) for v in data["direction"]))
+            direction=tuple(float(v) for v in data["direction"]),
+            organs=data["organs"] if "organs" in data.files else None)
     if not case.ct.shape == case.pet.shape == case.label.shape:
         raise ValueError(f"{path}: ct {case.ct.shape}, pet {case.pet.shape} and label {case.label.shape} "
                          "differ in shape")
+    if case.organs is not None and case.organs.shape != case.label.shape:
+        raise ValueError(f"{path}: organs {case.organs.shape} and label {case.label.shape} differ in shape")
     return case

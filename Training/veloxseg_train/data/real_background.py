@@ -25,6 +25,7 @@ from scipy import ndimage
 from .case import CaseFiles
 from .sources import SYNTHETIC_FORMAT, SYNTHETIC_MANIFEST, find_folder_cases
 from .synthetic import FWHM_TO_SIGMA
+from .validate import read_image
 
 MIN_TUMOUR_GAP_MM = 25.0
 BODY_HU = -500.0
@@ -107,10 +108,6 @@ def insert_lesions(ct: np.ndarray, pet: np.ndarray, tumour: np.ndarray, spacing_
     return ct, pet, label, records
 
 
-def _read(path: Path) -> sitk.Image:
-    return sitk.ReadImage(str(path))
-
-
 def write_real_background_dataset(out_dir: Path, backgrounds: List[CaseFiles], count: int, seed: int,
                                   progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """`count` cases cycling through `backgrounds`, written as a `synth` folder (prepare --synthetic)."""
@@ -123,7 +120,9 @@ def write_real_background_dataset(out_dir: Path, backgrounds: List[CaseFiles], c
     for index in range(count):
         source = backgrounds[index % len(backgrounds)]
         rng = np.random.default_rng([int(seed), index, 0xB6])
-        ct_img, pet_img, label_img = _read(source.ct), _read(source.pet), _read(source.label)
+        # the engine's reader, as everywhere: a damaged or NaN-holding background is refused, not inserted into
+        ct_img, pet_img, label_img = (read_image(source.name, what, path) for what, path in
+                                      (("CT", source.ct), ("PET", source.pet), ("label", source.label)))
         spacing_zyx = tuple(reversed(pet_img.GetSpacing()))
         ct_on_pet = sitk.Resample(ct_img, pet_img, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
         label_on_pet = sitk.Resample(label_img, pet_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,

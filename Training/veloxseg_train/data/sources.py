@@ -29,6 +29,7 @@ IBSI_NAMES = {"ct": "ct_on_pet_grid", "pet": "pet_suv", "label": "pet_gtv_mask"}
 SYNTHETIC_MANIFEST = "manifest.json"
 SYNTHETIC_FORMAT = "veloxseg-synthetic/1"
 _ENGINE_ROLES = {"ct": "CT", "pet": "PET", "label": "label"}
+ORGAN_FILE_STEM = "organs"  # an optional organ map beside them: organs.nii.gz (codes of organs.ORGAN_NAMES)
 
 
 def image_stem(path: Path) -> Optional[str]:
@@ -63,10 +64,12 @@ def case_from_folder(folder: Path, source: Optional[str] = None) -> CaseFiles:
     missing = [role.upper() for role in ("ct", "pet", "label") if picked[role] is None]
     if missing:
         raise DataError(case, f"missing {' and '.join(missing)} in {folder} (naming rule: docs/data.md)")
+    organs = [c for c in candidates if image_stem(c).lower() == ORGAN_FILE_STEM]
     if source is None:
         is_ibsi = all(image_stem(picked[r]).lower() == IBSI_NAMES[r] for r in IBSI_NAMES)
         source = "ibsi" if is_ibsi else "folder"
-    return CaseFiles(case, source, picked["ct"], picked["pet"], picked["label"])
+    return CaseFiles(case, source, picked["ct"], picked["pet"], picked["label"],
+                     folder / organs[0] if organs else None)
 
 
 def find_folder_cases(root: Path, source: Optional[str] = None) -> List[CaseFiles]:

@@ -1,4 +1,4 @@
-"""Write a folder of synthetic phantoms (DIR/case_XXXX/{ct,pet,label}.nii.gz) and its manifest.
+"""Write a folder of synthetic phantoms (DIR/case_XXXX/{ct,pet,label,organs}.nii.gz) and its manifest.
 
 Case i depends only on (seed, i): its own seed comes from `numpy.random.SeedSequence([seed, i])` and it
 is lesion-free when it falls on the evenly spread lesion-free pattern, so adding cases, or changing the
@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .organs import ORGAN_NAMES
 from .sources import SYNTHETIC_FORMAT, SYNTHETIC_MANIFEST
 from .synthetic import PhantomConfig, generate_case
 
@@ -45,7 +46,8 @@ def write_case(out_dir: Path, index: int, seed: int, config: PhantomConfig) -> d
                          config=config)
     folder = Path(out_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
-    for image, file in ((case.ct, "ct.nii.gz"), (case.pet, "pet.nii.gz"), (case.label, "label.nii.gz")):
+    for image, file in ((case.ct, "ct.nii.gz"), (case.pet, "pet.nii.gz"), (case.label, "label.nii.gz"),
+                        (case.organs, "organs.nii.gz")):
         sitk.WriteImage(image, str(folder / file), True)
     return {"name": name, "folder": name, "seed": child_seed, "lesion_free": case.info["lesion_free"],
             "lesion_count": case.info["lesion_count"], "lesion_voxels": case.info["lesion_voxels"],
@@ -87,7 +89,9 @@ def generate_dataset(out_dir: Path, count: int, seed: int, workers: int = 1,
         "seconds": round(time.time() - start, 1),
         "config": asdict(config),
         "files": {"ct": "ct.nii.gz (int16 HU, own grid)", "pet": "pet.nii.gz (float32 SUVbw)",
-                  "label": "label.nii.gz (uint8 0/1 on the PET grid)"},
+                  "label": "label.nii.gz (uint8 0/1 on the PET grid)",
+                  "organs": "organs.nii.gz (uint8 organ codes on the PET grid, see organ_names)"},
+        "organ_names": list(ORGAN_NAMES),
         "cases": entries,
     }
     (out_dir / SYNTHETIC_MANIFEST).write_text(json.dumps(manifest, indent=1))

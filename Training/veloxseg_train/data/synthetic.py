@@ -7,7 +7,8 @@ PET grid (the truth), then images it: PET = truth x smooth organ texture, blurre
 level), correlated over a per-case length like reconstructed PET noise. CT = the HU map, sometimes slightly
 misregistered, resampled onto its own finer grid with its own field of view (always axis-aligned, while
 some PETs are slightly tilted), then a smooth or sharp reconstruction kernel, metal streaks where there is
-metal, and quantum noise, stored as int16 HU. The label is the lesion truth on the PET grid, before blur.
+metal, and quantum noise, stored as int16 HU. The label is the lesion truth on the PET grid, before blur;
+the organ map (organs.ORGAN_NAMES codes, lesions keeping their host organ's code) lies on the same grid.
 
 A `PhantomConfig` is a family of phantoms: `PhantomConfig()` is the training family,
 `PhantomConfig.held_out()` draws bodies, organs and imaging from ranges the training family never uses,
@@ -80,6 +81,7 @@ class SyntheticCase:
     ct: sitk.Image  # int16 HU, own grid
     pet: sitk.Image  # float32 SUVbw
     label: sitk.Image  # uint8 0/1 on the PET grid
+    organs: Optional[sitk.Image] = None  # uint8 organ codes (organs.ORGAN_NAMES) on the PET grid
     lesions: List[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
@@ -223,6 +225,7 @@ def generate_case(seed: int, lesion_free: Optional[bool] = None,
     origin = vertex + direction @ np.array([x[0], y[0], z[0]])
     pet_image = _image(pet.astype(np.float32), spacing, origin, direction)
     label_image = _image(label, spacing, origin, direction)
+    organ_image = _image(canvas.organ, spacing, origin, direction)
 
     # CT: own axis-aligned grid, finer in-plane, wider in-plane and a little shorter than the PET.
     ct_spacing = np.array([0.0, 0.0, rng.choice([2.0, 3.0, 3.75, 5.0])])
@@ -265,4 +268,4 @@ def generate_case(seed: int, lesion_free: Optional[bool] = None,
         "misregistration_mm": [round(float(v), 2) for v in shift],
         "variants": variants.as_dict() if variants is not None else None,
     }
-    return SyntheticCase(ct_image, pet_image, label_image, lesion_dicts, info)
+    return SyntheticCase(ct_image, pet_image, label_image, organ_image, lesion_dicts, info)

@@ -27,6 +27,7 @@ class VeloxSegConfig:
     input_size: Triple = (96, 96, 96)  # (D, H, W) of one patch; fixes window lists and Q/K/V widths
     modalities: int = 2  # CT, PET: one channel each
     n_classes: int = 2
+    n_organs: int = 0  # classes of the anatomy head on the finest decoder stage (0: none, as in the paper)
     patch_size: int = 4
     base_channels: int = 16  # doubles per stage: 16, 32, 64, 128 (both branches)
     kernel_sizes: Triple = (1, 3, 5)  # parallel grouped convolutions of a JLC block

@@ -92,6 +92,24 @@ class SegOutput(NamedTuple):
     logits: torch.Tensor  # (B, classes, D, H, W)
     deep_supervision: Optional[List[torch.Tensor]]  # on u_2, u_3, enc_4; each resized to (D, H, W)
     gram: Optional[torch.Tensor]  # Gram matrix of u_1, (B, C_1, C_1)
+    organs: Optional[torch.Tensor] = None  # organ logits on u_1's grid, (B, organs, D/4, H/4, W/4)
+
+
+class OrganHead(nn.Module):
+    """Anatomy beside the lesion class: a 1x1x1 conv on u_1, (B, C_1, S) -> (B, organs, S), at 1/4 resolution.
+
+    A second head rather than more lesion-head channels: organs and lesions overlap (a liver lesion lies in
+    the liver), so they need separate softmaxes; the lesion head stays the authors' 2-class head (their
+    checkpoints import), and at 1/4 resolution the head costs ~0.1 % of the network's FLOPs. Its gradient
+    teaches u_1 - the features the lesion head reads - where in the body a voxel is.
+    """
+
+    def __init__(self, channels: int, organs: int):
+        super().__init__()
+        self.conv = conv1x1(channels, organs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 class SegmentationDecoder(nn.Module):
@@ -101,17 +119,19 @@ class SegmentationDecoder(nn.Module):
         self.head = ShuffleHead(cfg.channels(0), cfg.n_classes, cfg.patch_size)
         # deep-supervision 1x1x1 heads on u_2, u_3 and the bottleneck enc_4 (spec §8.5), training only
         self.ds_heads = nn.ModuleList(conv1x1(cfg.channels(k), cfg.n_classes) for k in range(1, cfg.stages))
+        self.organ_head = OrganHead(cfg.channels(0), cfg.n_organs) if cfg.n_organs else None
 
     def forward(self, fused: Sequence[torch.Tensor]) -> SegOutput:
         ups = self.body(fused)
         logits = self.head(ups[0])
+        organs = self.organ_head(ups[0]) if self.organ_head is not None else None
         if not self.training:
-            return SegOutput(logits, None, None)
+            return SegOutput(logits, None, None, organs)
         sources = list(ups[1:]) + [fused[-1]]
         size = logits.shape[2:]
         deep = [F.interpolate(head(s), size=size, mode="trilinear", align_corners=True)
                 for head, s in zip(self.ds_heads, sources)]
-        return SegOutput(logits, deep, gram_matrix(ups[0]))
+        return SegOutput(logits, deep, gram_matrix(ups[0]), organs)
 
 
 class Adapter(nn.Module):

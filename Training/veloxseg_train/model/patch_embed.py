@@ -28,15 +28,18 @@ class _PatchConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         p = ctx.patch
+        # Under autocast the forward ran in bf16/fp16 and grad_out comes in that type while x and the weight
+        # are float32: compute the (small) gradients in float32, each returned in its input's own type.
+        grad_out = grad_out.to(torch.promote_types(x.dtype, weight.dtype))
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv3d_input(x.shape, weight, grad_out, stride=p)
+            grad_x = torch.nn.grad.conv3d_input(x.shape, weight.to(grad_out.dtype), grad_out, stride=p).to(x.dtype)
         if ctx.needs_input_grad[1]:
             patches = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (c p1 p2 p3)", p1=p, p2=p, p3=p)
             grad = rearrange(grad_out, "b o d h w -> b o (d h w)")
-            grad_w = torch.einsum("bon,bnk->ok", grad, patches).reshape(weight.shape)
+            grad_w = torch.einsum("bon,bnk->ok", grad, patches.to(grad.dtype)).reshape(weight.shape).to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(dim=(0, 2, 3, 4))
+            grad_b = grad_out.sum(dim=(0, 2, 3, 4)).to(weight.dtype)
         return grad_x, grad_w, grad_b, None
 
 

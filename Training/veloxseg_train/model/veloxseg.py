@@ -24,6 +24,7 @@ class TrainOutputs(NamedTuple):
     gram_seg: torch.Tensor  # (B, 16, 16) Gram of the seg decoder's last JLC block (the student)
     gram_ct: torch.Tensor  # ... of the CT teacher
     gram_pet: torch.Tensor  # ... of the PET teacher
+    organs: Optional[torch.Tensor] = None  # (B, organs, D/4, H/4, W/4) organ logits, with an organ head
 
 
 class VeloxSeg(nn.Module):
@@ -69,7 +70,15 @@ class VeloxSeg(nn.Module):
             recon, gram = decoder([a[m] for a in encoded.transformer], encoded.fused)
             recons.append(recon)
             grams.append(gram)
-        return TrainOutputs(seg.logits, *seg.deep_supervision, torch.cat(recons, dim=1), seg.gram, *grams)
+        return TrainOutputs(seg.logits, *seg.deep_supervision, torch.cat(recons, dim=1), seg.gram, *grams,
+                            seg.organs)
+
+    def forward_with_organs(self, x: torch.Tensor):
+        """Eval path with the anatomy head: (lesion logits (B, classes, D, H, W), organ logits (B, organs, S/4))."""
+        if self.seg_decoder.organ_head is None:
+            raise ValueError("this model has no organ head (n_organs = 0)")
+        seg = self.seg_decoder(self.encoder(x).fused)
+        return seg.logits, seg.organs
 
     def inference_parameters(self) -> int:
         """Parameters on the eval path: encoder + segmentation decoder without deep-supervision heads."""

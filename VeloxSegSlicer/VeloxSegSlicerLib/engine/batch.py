@@ -13,13 +13,16 @@ on stderr and in the summary and the others continue; the run ends with a tally 
 Console example (also inside 3D Slicer):
 
     from VeloxSegSlicerLib.engine.batch import run_batch
-    report = run_batch("/data/cohort", "/data/results", workers=2)          # or scheduler="tcp://host:8786"
-    print(report.tally(), report.exit_code)
+
+    if __name__ == "__main__":  # worker processes re-import a script: without this each would run it again
+        report = run_batch("/data/cohort", "/data/results", workers=2)      # or scheduler="tcp://host:8786"
+        print(report.tally(), report.exit_code)
 """
 
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import socket
 import sys
@@ -34,6 +37,7 @@ from .batch_study import (
     STATS_NAME,
     ModelSpec,
     StudyTask,
+    failure_code,
     finished_record,
     options_record,
     process_study,
@@ -51,11 +55,31 @@ __all__ = ["LABEL_NAME", "RECORD_NAME", "STATS_NAME", "SUMMARY_NAME", "BatchRepo
            "run_batch"]
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ("study", "status", "lesion_count", "total_mtv_ml", "total_tlg", "seconds", "worker", "ct",
-                   "pet", "message")
+# sites: lesions per anatomical site, e.g. "liver:2;lung:1" (empty when the model names no sites)
+SUMMARY_COLUMNS = ("study", "status", "lesion_count", "total_mtv_ml", "total_tlg", "sites", "seconds", "worker",
+                   "ct", "pet", "message")
 EXIT_CANCELLED = 130
 SUMMARY_EVERY_S = 30.0  # rewrite summary.csv this often during a long run, so it shows the progress so far
 WORKER_MEMORY_BYTES = 1.5e9  # one worker's peak on an AutoPET-size study is about 1.1 GB (README), plus margin
+# The exit status of a worker process that called run_batch while starting (see _refuse_in_starting_worker);
+# batch_local reads it to tell this mistake from a worker killed or out of memory.
+EXIT_WORKER_REENTERED = 86
+MAIN_GUARD_HINT = (
+    "A script that calls run_batch with workers > 1 must call it under `if __name__ == \"__main__\":` "
+    "(docs/cli.md): each worker process starts by importing the script, and without that line it runs the "
+    "whole batch again."
+)
+
+
+def _refuse_in_starting_worker() -> None:
+    """Stop a worker process that is still starting (importing the caller's main script, as Python's
+    'spawn' start method does) and reached run_batch: the script lacks its `__main__` guard. Exits with
+    EXIT_WORKER_REENTERED before anything is written, so the coordinator can name the cause."""
+    if not getattr(multiprocessing.current_process(), "_inheriting", False):  # set by spawn while starting
+        return
+    sys.stderr.write(f"veloxseg: a worker process stopped while starting: it re-ran run_batch. {MAIN_GUARD_HINT}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_WORKER_REENTERED)
 
 
 def default_workers() -> int:
@@ -108,12 +132,17 @@ class _Batch:
     """The coordinator: plans the studies, receives the executors' events and results, keeps the rows."""
 
     def __init__(self, names: List[str], output_dir: Path, display: Optional[CohortProgress],
-                 cancelled: Optional[Callable]):
+                 cancelled: Optional[Callable], progress: Optional[Callable] = None,
+                 after_study: Optional[Callable] = None):
         self.names = names
         self.rows = {}
         self.output_dir = output_dir
         self.display = display
         self.cancelled_callback = cancelled
+        self.progress_callback = progress
+        self.after_study = after_study
+        self.running = {}  # study -> its own progress fraction, for the cohort fraction
+        self.reported = 0.0  # the cohort fraction last reported (never reported lower)
         self.stop = False
         self.last_summary = time.perf_counter()
 
@@ -121,6 +150,16 @@ class _Batch:
     def stage(self, worker: str, study: str, fraction: float, stage: str) -> None:
         if self.display is not None:
             self.display.stage(_short_worker(worker), study, fraction, stage)
+        if self.progress_callback is not None and study not in self.rows:
+            self.running[study] = min(max(float(fraction), 0.0), 1.0)
+            self._report(f"{study}: {stage}")
+
+    def _report(self, text: str) -> None:
+        """Cohort progress: finished studies count 1, running ones their own fraction; never goes back (a
+        study retried after its worker died starts again from 0)."""
+        fraction = (len(self.rows) + sum(self.running.values())) / max(1, len(self.names))
+        self.reported = max(self.reported, min(fraction, 1.0))
+        self.progress_callback(self.reported, text)
 
     def stop_requested(self) -> bool:
         if not self.stop and self.cancelled_callback is not None and self.cancelled_callback():
@@ -129,14 +168,33 @@ class _Batch:
 
     def result(self, row: dict) -> None:
         name = row["study"]
+        if self.after_study is not None and row["status"] in ("done", "skipped"):
+            row = self._after_study(row)
         self.rows[name] = row
+        self.running.pop(name, None)
         status = row["status"]
         if self.display is not None:
             if row.get("worker"):
                 self.display.idle(_short_worker(row["worker"]))
             self.display.finished(status, self._describe(row), error=status == "failed")
+            if status == "done" and row.get("warning"):
+                self.display.message(f"warning: {row['study']}: {row.get('message', '')}", error=True)
+        if self.progress_callback is not None:
+            self._report(f"{len(self.rows)}/{len(self.names)} studies finished; last: {name}, {status}")
         if time.perf_counter() - self.last_summary > SUMMARY_EVERY_S:
             self.write_summary()
+
+    def _after_study(self, row: dict) -> dict:
+        """The caller's extra outputs of a finished study; their failure fails the study in the summary
+        (its record stays, so a rerun skips the segmentation and calls after_study again)."""
+        try:
+            self.after_study(dict(row), self.output_dir / row["study"])
+        except Cancelled:
+            raise
+        except Exception as exc:
+            row = dict(row, status="failed", code=failure_code(exc), warning=False,
+                       message=f"segmented, but its extra outputs failed: {exc}")
+        return row
 
     def _describe(self, row: dict) -> str:
         number = f"[{len(self.rows)}/{len(self.names)}] {row['study']}"
@@ -190,8 +248,9 @@ def _plan(studies: List[Path], output_dir: Path, options: dict, spec: ModelSpec,
         except InputError as exc:
             batch.result({"study": study.name, "status": "failed", "message": str(exc), "code": 2, "seconds": "0.0"})
             continue
-        task = StudyTask(study.name, str(study.resolve()), str(ct.resolve()), str(pet.resolve()),
-                         str((output_dir / study.name).resolve()), options)
+        # Absolute, but links kept (not resolve()): the inputs' paths inside the study name them in the
+        # record and the summary, and a linked file's target may lie anywhere (git-annex, DataLad, ln -s).
+        task = StudyTask(study.name, str(study), str(ct), str(pet), str(output_dir / study.name), options)
         record = finished_record(task, spec)
         if record is not None:
             batch.result(row_from_record(task, record))
@@ -239,8 +298,8 @@ def _sweep_partials(output_dir: Path, names: List[str]) -> None:
 def run_batch(input_dir, output_dir, model=None, options: Optional[SegmentOptions] = None, *, workers: int = 1,
               scheduler: Optional[str] = None, device: str = "cpu", threads: int = 1,
               ct_pattern: Optional[str] = None, pet_pattern: Optional[str] = None,
-              cancelled: Optional[Callable] = None, stdout=None, stderr=None, show_progress: bool = True
-              ) -> BatchReport:
+              cancelled: Optional[Callable] = None, stdout=None, stderr=None, show_progress: bool = True,
+              progress: Optional[Callable] = None, after_study: Optional[Callable] = None) -> BatchReport:
     """Segment every study subfolder of `input_dir` into `output_dir`; returns a BatchReport.
 
     model: None (the bundled model), a manifest path, or a Model from load_model (used as it is in this
@@ -250,14 +309,20 @@ def run_batch(input_dir, output_dir, model=None, options: Optional[SegmentOption
     ("tcp://host:8786"): each study becomes a task on its workers (needs `pip install veloxseg[cluster]`;
     paths must be the same on every machine). cancelled() returning True (or Ctrl-C) stops the batch:
     running studies write nothing, finished ones stay, summary.csv lists every study.
+    progress(fraction, text): the cohort's progress, 0 to 1 (from a Dask client thread with `scheduler`).
+    after_study(row, study_output_dir): called in this process for each study done or skipped, once its
+    outputs and record are in place, for a caller's own extra outputs (the Slicer Logic writes
+    lesions.seg.nrrd and loads results into its scene); an exception it raises fails that study.
+    A script that calls this with workers > 1 needs `if __name__ == "__main__":` (MAIN_GUARD_HINT).
     """
+    _refuse_in_starting_worker()
     started = time.perf_counter()
     options = options or SegmentOptions()
     options.validate()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"workers must be a whole number >= 0 (0 = one per core), got {workers!r}.")
     workers = workers or default_workers()
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    input_dir, output_dir = Path(input_dir), Path(output_dir).absolute()
     if not input_dir.is_dir():
         raise InputError(f"Input folder '{input_dir}' does not exist.")
     try:
@@ -265,7 +330,7 @@ def run_batch(input_dir, output_dir, model=None, options: Optional[SegmentOption
     except OSError as exc:
         raise InputError(f"Cannot create the output folder '{output_dir}': {exc.strerror}.") from exc
     check_writable(output_dir / SUMMARY_NAME, "Summary")
-    studies = [p for p in sorted(input_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    studies = [p.absolute() for p in sorted(input_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if not studies:
         raise InputError(f"Input folder '{input_dir}' has no study subfolders.")
     spec, loaded = _model_spec(model, device, threads)
@@ -276,7 +341,7 @@ def run_batch(input_dir, output_dir, model=None, options: Optional[SegmentOption
 
     stderr = stderr or sys.stderr
     display = CohortProgress(len(studies), stdout=stdout, stderr=stderr) if show_progress else None
-    batch = _Batch([s.name for s in studies], output_dir, display, cancelled)
+    batch = _Batch([s.name for s in studies], output_dir, display, cancelled, progress, after_study)
     interrupted = failed = False
     try:
         tasks = _plan(studies, output_dir, options_record(options), spec, ct_pattern, pet_pattern, batch)

@@ -20,7 +20,9 @@ import uuid
 from .batch_study import run_task, worker_name
 from .errors import Cancelled, InputError
 
-STAGE_EVERY_S = 1.0  # a worker reports its stage when it changes, else at most this often
+# a worker reports its stage when it changes, else at most this often (less often than a local worker: each
+# report is a message to the scheduler)
+DASK_STAGE_EVERY_S = 1.0
 CANCEL_POLL_S = 1.0  # a running study asks the scheduler whether the batch was cancelled at most this often
 CANCEL_GRACE_S = 60.0
 CONNECT_TIMEOUT_S = 30
@@ -49,7 +51,7 @@ def dask_study_task(task, spec, topic: str, cancel_name: str) -> dict:
 
     def progress(fraction, stage):
         now = time.perf_counter()
-        if stage != last["stage"] or now - last["time"] >= STAGE_EVERY_S:
+        if stage != last["stage"] or now - last["time"] >= DASK_STAGE_EVERY_S:
             last.update(stage=stage, time=now)
             worker.log_event(topic, {"worker": me, "study": task.name, "fraction": fraction, "stage": stage})
 

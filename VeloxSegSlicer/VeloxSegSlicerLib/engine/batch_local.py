@@ -9,7 +9,10 @@ Stages come back through a multiprocessing queue. Cancelling (Ctrl-C, SIGTERM, t
 sets a shared flag that the running studies poll between patches: they stop and write nothing. Workers
 ignore SIGINT themselves, since a terminal's Ctrl-C reaches the whole process group and the coordinator
 decides. A worker that dies (killed, out of memory) breaks the pool: a new pool is started and the
-studies that were running are tried again, up to MAX_ATTEMPTS times each.
+studies that were running are tried again, up to MAX_ATTEMPTS times each. A pool whose workers all died
+before their initializer ran could not start (e.g. a script without its `__main__` guard, which each
+spawned worker re-runs): that stops the batch at once with an error naming the cause, as retrying cannot
+help and "out of memory" would mislead.
 
 A worker can die at any instant, also while it holds a lock shared with the others, and such a lock is
 never released. So the cancel flag is lock-free shared memory (not a multiprocessing.Event, whose
@@ -32,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from .batch_study import run_task, worker_name
-from .errors import Cancelled
+from .errors import Cancelled, InputError, VeloxSegError
 
 MAX_ATTEMPTS = 3
 STAGE_EVERY_S = 0.5  # a worker reports its stage when it changes, else at most this often
@@ -45,7 +48,9 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def init_worker(events, cancel) -> None:
+def init_worker(events, cancel, started=None) -> None:
+    if started is not None:  # this worker got through its start-up (importing the caller's main module)
+        started.value += 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # terminate(): discard this study's temporary files
     events.cancel_join_thread()  # exit even if a dead sibling left the queue's write lock taken
@@ -93,6 +98,26 @@ def _worker_python():
     return str(launcher) if launcher.is_file() else None
 
 
+def _startup_error(processes, started):
+    """The error to stop the batch with when a broken pool's workers never started, else None.
+    `processes`: the pool's processes, joined (their exit codes are final)."""
+    if started.value:
+        return None  # a worker ran studies and died later: killed or out of memory, retried by the caller
+    from .batch import EXIT_WORKER_REENTERED, MAIN_GUARD_HINT
+
+    codes = sorted({p.exitcode for p in processes if p.exitcode is not None})
+    if EXIT_WORKER_REENTERED in codes:
+        return InputError(f"The worker processes could not start: each re-ran the script that called run_batch "
+                          f"and stopped there. {MAIN_GUARD_HINT}")
+    # the pool terminates (SIGTERM) the workers left once one died: name the others' exit codes
+    codes = ", ".join(map(str, [c for c in codes if c != -signal.SIGTERM] or codes)) or "?"
+    return VeloxSegError(
+        f"The worker processes stopped while starting, before any study (exit code {codes}; "
+        "their error is printed above). A script must call run_batch under `if __name__ == \"__main__\":`, and "
+        "the workers' Python must import everything the calling script imports; workers=1 runs the studies in "
+        "this process.")
+
+
 def _drain(events, batch) -> None:
     while True:
         try:
@@ -109,6 +134,7 @@ def run_local(tasks, spec, workers: int, batch) -> None:
     if python:
         context.set_executable(python)
     cancel = cancel_flag(context)
+    started = context.RawValue(ctypes.c_int, 0)  # workers past their start-up; lock-free, as `cancel`
     events = None
     pending = deque(tasks)
     attempts = {}
@@ -121,7 +147,7 @@ def run_local(tasks, spec, workers: int, batch) -> None:
                 # last stages are dropped; the next stage report replaces them).
                 events = context.Queue()
                 executor = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
-                                               initargs=(events, cancel))
+                                               initargs=(events, cancel, started))
             if batch.stop_requested():
                 raise Cancelled("Batch cancelled.")
             while pending and len(running) < workers:
@@ -147,8 +173,12 @@ def run_local(tasks, spec, workers: int, batch) -> None:
                     continue  # counted by the coordinator as not finished
                 batch.result(row)
             if broken:  # the pool is unusable once a worker died; start a new one for what is left
+                processes = list((getattr(executor, "_processes", None) or {}).values())
                 executor.shutdown(wait=True)
                 executor = None
+                error = _startup_error(processes, started)
+                if error is not None:
+                    raise error
     except (KeyboardInterrupt, Cancelled):
         cancel.value = True  # running studies stop at their next patch and write nothing
         deadline = time.monotonic() + CANCEL_GRACE_S

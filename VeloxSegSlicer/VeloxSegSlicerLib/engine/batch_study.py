@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
 from .imageio import read_ct, write_image
+from .organs import sites_text
 from .outputs import AtomicOutputs, write_stats_csv
 from .pipeline import SegmentOptions, segment_study
 from .runtime import load_model
@@ -62,7 +63,8 @@ class ModelSpec:
 
     @classmethod
     def of(cls, manifest, device: str = "cpu", threads: int = 1) -> ModelSpec:
-        return cls(str(Path(manifest.path).resolve()), manifest.onnx_sha256, manifest.model_name,
+        # absolute, links kept: a linked manifest's .onnx is found beside the link, not beside its target
+        return cls(str(Path(manifest.path).absolute()), manifest.onnx_sha256, manifest.model_name,
                    manifest.model_version, device, threads)
 
     def record(self) -> dict:
@@ -209,10 +211,12 @@ def row_from_record(task: StudyTask, record: dict) -> dict:
         "lesion_count": totals.get("lesion_count", ""),
         "total_mtv_ml": f"{totals.get('total_mtv_ml', 0.0):.4f}",
         "total_tlg": f"{totals.get('total_tlg', 0.0):.4f}",
+        "sites": totals.get("sites", ""),
         "seconds": "0.0",
         "ct": task.relative_inputs["CT"],
         "pet": task.relative_inputs["PET"],
-        "message": f"already finished on {record.get('finished', '?')} (same inputs, model and options)",
+        "message": " ".join([f"already finished on {record.get('finished', '?')} (same inputs, model and options)"]
+                            + list(record.get("warnings", []))),
     }
 
 
@@ -276,6 +280,7 @@ def process_study(task: StudyTask, model, spec: ModelSpec, progress: Optional[Ca
         out = Path(task.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         totals = result.totals
+        sites = sites_text(result.lesions)  # "liver:2;lung:1", "" when the model names no sites
         with AtomicOutputs() as outputs:  # all three renamed only on success, the record last
             label_tmp, stats_tmp = outputs.temporary(out / LABEL_NAME), outputs.temporary(out / STATS_NAME)
             write_image(result.label_ct, label_tmp)
@@ -288,7 +293,9 @@ def process_study(task: StudyTask, model, spec: ModelSpec, progress: Optional[Ca
                 "options": task.options,
                 "outputs": {LABEL_NAME: _file_record(label_tmp), STATS_NAME: _file_record(stats_tmp)},
                 "totals": {"lesion_count": totals.lesion_count, "total_mtv_ml": totals.total_mtv_ml,
-                           "total_tlg": totals.total_tlg},
+                           "total_tlg": totals.total_tlg, "sites": sites},
+                "pet_outside_ct_fraction": round(result.pet_outside_ct_fraction, 6),
+                "warnings": list(result.warnings),
                 "seconds": round(time.perf_counter() - started, 2),
                 "device": result.device,
                 "worker": worker_name(),
@@ -298,7 +305,9 @@ def process_study(task: StudyTask, model, spec: ModelSpec, progress: Optional[Ca
             with open(outputs.temporary(out / RECORD_NAME), "w", encoding="utf-8") as stream:
                 json.dump(record, stream, indent=2)
         row.update(status="done", lesion_count=totals.lesion_count, total_mtv_ml=f"{totals.total_mtv_ml:.4f}",
-                   total_tlg=f"{totals.total_tlg:.4f}")
+                   total_tlg=f"{totals.total_tlg:.4f}", sites=sites)
+        if result.warnings:  # e.g. a CT covering only part of the PET: in summary.csv and on stderr
+            row.update(message=" ".join(result.warnings), warning=True)
         report(1.0, "Done")
     except (Cancelled, KeyboardInterrupt):
         raise

@@ -1,4 +1,5 @@
-"""Content checks on CT and PET volumes, run before any work so a wrong input fails fast and clearly.
+"""Content checks on CT and PET volumes and the CT/PET overlap rule, run before any work so a wrong input
+fails fast and clearly.
 
 One implementation for every entry point: the CLI (`read_ct`, `read_pet_suv`, `segment_study`), the
 Slicer Logic (`inputs.py`, on the nodes' voxel arrays) and training's data validation. Each function takes
@@ -20,6 +21,10 @@ LABEL_MAX_VALUES = 10  # a label map: 0 plus at most 9 other distinct whole valu
 LABEL_MAX_ID = 1000
 # Body SUV medians are ~0.3-3; Bq/mL bodies are in the thousands. 20 leaves room for any real SUV image.
 SUV_BODY_MEDIAN_LIMIT = 20.0
+# The one SUV plausibility limit (the engine, training's data checks and the Slicer module's button, which
+# sees only the value range): no SUV image peaks above it. Physiological and lesion SUVs stay below ~100, a
+# full bladder or a tracer extravasation at the injection site a few hundred; a PET in Bq/mL peaks in the
+# tens of thousands, and one with a lower peak is still refused by its body median above.
 SUV_MAX_LIMIT = 5000.0
 # A PET has no values this low; a CT has them wherever there is air.
 PET_MIN_LIMIT = -500.0
@@ -27,10 +32,17 @@ PET_MIN_LIMIT = -500.0
 # hundred HU). Every real CT measured (29 IBSI crops 5 cm around a tumour, whole-body studies) has >= 15 %
 # of its voxels below -500 HU and >= 1 % above 300 HU; the limits below are far lower, so only images that
 # are not HU CTs fail: a PET (0 to ~30), a CT without its rescale intercept (air at 0), an MR.
-CT_AIR_HU = -500.0
+CT_AIR_THRESHOLD_HU = -500.0  # at or below: air (a threshold; preprocess.CT_AIR_HU is air's value, -1000)
 CT_AIR_MIN_FRACTION = 0.001
 CT_BONE_HU = 200.0
 CT_BONE_MIN_FRACTION = 0.0001
+# The one CT/PET overlap rule (the engine, the Slicer module, training's data checks): at least this fraction
+# of the PET's field of view (the box of its voxel centres in physical space) must lie inside the CT's. A CT
+# and PET of one study share far more: the CT, taken for attenuation correction, spans the PET's length, and
+# a 50 cm CT field of view inside a 70 cm PET one still holds half of its box (0.71 squared); even a CT of
+# half the PET's length on top of that holds a quarter. Such partial coverage runs (what lies outside the CT
+# is reported). Less than a fifth comes from a CT of another study or an origin lost on export.
+MIN_PET_IN_CT_FRACTION = 0.2
 
 
 def _values(image) -> np.ndarray:
@@ -82,7 +94,7 @@ def check_not_label_map(image, modality: str, source="") -> None:
 def check_ct_is_ct(image, source="") -> None:
     """A CT must hold air and bone in Hounsfield units; a PET, an MR or a CT without its rescale does not."""
     sample = _sample(_values(image))
-    air = float(np.mean(sample <= CT_AIR_HU))
+    air = float(np.mean(sample <= CT_AIR_THRESHOLD_HU))
     bone = float(np.mean(sample >= CT_BONE_HU))
     if air >= CT_AIR_MIN_FRACTION and bone >= CT_BONE_MIN_FRACTION:
         return
@@ -115,7 +127,9 @@ def check_pet_is_suv(image, source="") -> None:
         raise InputError(f"{subject} has no positive values; check that it is the right volume.")
     body = positive[positive > 0.05 * np.percentile(positive, 99)]
     median = float(np.median(body))
-    peak = float(positive.max())
+    # The true maximum, not the sample's: the Slicer module's quick check reads the node's value range, and
+    # both must accept or refuse the same PET (one reduction over a no-copy view: cheap).
+    peak = float(np.max(_values(image)))
     if median > SUV_BODY_MEDIAN_LIMIT or peak > SUV_MAX_LIMIT:
         raise InputError(
             f"{subject} does not look like SUV: its median inside the body is {median:.4g} and its maximum "
@@ -124,6 +138,32 @@ def check_pet_is_suv(image, source="") -> None:
             "decay-corrected injected dose[Bq], or pass the original DICOM PET series folder, which VeloxSeg "
             "converts to SUV from its header."
         )
+
+
+def pet_in_ct_fraction(ct_box, pet_box) -> float:
+    """Fraction of the PET's box that lies inside the CT's; boxes are (low, high) corners in one space."""
+    ct_low, ct_high = (np.asarray(v, dtype=np.float64) for v in ct_box)
+    pet_low, pet_high = (np.asarray(v, dtype=np.float64) for v in pet_box)
+    inside = np.clip(np.minimum(ct_high, pet_high) - np.maximum(ct_low, pet_low), 0.0, None)
+    return float(np.prod(inside / np.maximum(pet_high - pet_low, 1e-6)))
+
+
+def check_overlap(ct_box, pet_box, ct_source="", pet_source="") -> float:
+    """Refuse a CT and PET whose boxes ((low, high) in LPS mm) break the overlap rule; return the fraction."""
+    fraction = pet_in_ct_fraction(ct_box, pet_box)
+    if fraction >= MIN_PET_IN_CT_FRACTION:
+        return fraction
+    pair = f"CT '{ct_source}' and PET '{pet_source}'" if ct_source or pet_source else "CT and PET"
+    if fraction > 0.0:
+        what = (f"do not overlap enough in physical space: only {100 * fraction:.1f} % of the PET's field of view "
+                f"lies inside the CT's (at least {100 * MIN_PET_IN_CT_FRACTION:.0f} % for a CT and PET of one "
+                "study)")
+    else:
+        what = "do not overlap in physical space"
+    spans = (f"CT spans {np.round(ct_box[0], 1).tolist()} to {np.round(ct_box[1], 1).tolist()} mm, PET spans "
+             f"{np.round(pet_box[0], 1).tolist()} to {np.round(pet_box[1], 1).tolist()} mm, LPS")
+    raise InputError(f"{pair} {what} ({spans}). Check that both come from the same study and that their origins "
+                     "were not changed on export, or register them first.")
 
 
 def check_volume_shape(image, modality: str, source="") -> None:

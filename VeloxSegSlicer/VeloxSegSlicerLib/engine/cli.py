@@ -17,8 +17,9 @@ import traceback
 from . import batch as batch_module
 from . import study_inputs
 from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import read_ct
+from .imageio import LABEL_SUFFIXES, read_ct
 from .manifest import load_manifest, verify_model_file
+from .organs import site_counts
 from .outputs import AtomicOutputs, check_label_path, check_writable
 from .pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX, ReleasableImage, SegmentOptions, segment_study
 from .progress import ProgressBar, plural
@@ -27,6 +28,21 @@ from .sliding_window import BLENDINGS
 from .suv import read_pet_suv
 
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 130
+
+# `veloxseg batch --help`, in a user's terms (the engine modules' docstrings are written for developers);
+# the name rule that follows it is study_inputs' own text, so the help and the code cannot drift apart.
+BATCH_EPILOG = """\
+Studies run one after another in this process (--workers 1), in N local worker processes (--workers N,
+default one per core), or as tasks on a running Dask cluster (--scheduler tcp://HOST:PORT).
+
+Outputs go to <output>/<study>/lesions.nii.gz (the label on the CT grid), lesions.csv (per-lesion
+statistics, as `veloxseg segment --stats`) and veloxseg_run.json (the study's record of its inputs, model
+and options, written last: a study without it is not finished). A rerun skips a study whose record
+matches the same inputs, model and options. <output>/summary.csv has one row per study; a failing study
+is reported on stderr and in the summary and the others continue; the run ends with a tally on stderr.
+The same from Python and 3D Slicer's console: run_batch (docs/cli.md).
+
+"""
 
 
 def _checked(convert, ok, requirement: str):
@@ -87,15 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--ct", required=True, help="CT volume (HU)")
     segment.add_argument("--pet", required=True, help="PET volume (SUVbw) or DICOM PET series folder")
-    segment.add_argument("--out", required=True, help="label image on the CT grid (.nii.gz, .nii, .nrrd, .mha)")
+    segment.add_argument("--out", required=True,
+                         help="label image on the CT grid; the format follows the extension: "
+                         f"{', '.join(LABEL_SUFFIXES)} (.seg.nrrd: a segmentation for 3D Slicer)")
     _add_run_options(segment)
     segment.add_argument("--stats", metavar="STATS.csv", help="write per-lesion statistics to this CSV")
+    segment.add_argument("--organs", metavar="ORGANS",
+                         help="also write the model's organ map on the CT grid (uint8 organ codes, as the manifest's "
+                         "organ_names; needs a model with an organ output); the format follows the extension")
 
     batch = sub.add_parser(
         "batch",
         help="segment every study subfolder of a folder",
         description="Segment one study per subfolder of --input.",
-        epilog=batch_module.__doc__.split("\n", 1)[1] + "\n" + study_inputs.__doc__,
+        epilog=BATCH_EPILOG + study_inputs.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     batch.add_argument("--input", required=True, metavar="DIR", help="folder with one subfolder per study")
@@ -139,9 +160,15 @@ def command_segment(args, cancelled=None) -> int:
     stats = check_writable(args.stats, "Statistics file", (".csv",)) if args.stats else None
     if stats is not None and stats.resolve() == out.resolve():
         raise InputError("--stats and --out name the same file.")
+    organs = check_writable(args.organs, "Organ map", LABEL_SUFFIXES) if getattr(args, "organs", None) else None
+    if organs is not None and organs.resolve() in {out.resolve(), stats.resolve() if stats else None}:
+        raise InputError("--organs names the same file as --out or --stats.")
     ct = ReleasableImage(read_ct(args.ct))  # segment_study frees the CT's voxels once resampled
     pet = read_pet_suv(args.pet)
     model = _load_model(args)
+    if organs is not None and not model.has_organs:
+        raise InputError(f"--organs needs a model with an organ output; {model.manifest.model_name} "
+                         f"{model.manifest.model_version} ({model.manifest.path}) has none.")
     bar = ProgressBar()
     started = time.perf_counter()
     try:
@@ -153,10 +180,14 @@ def command_segment(args, cancelled=None) -> int:
         outputs.write_label(result.label_ct, out)
         if stats is not None:
             outputs.write_stats(result.lesions, stats)
+        if organs is not None:  # nearest neighbour onto the CT grid, which label_ct carries
+            outputs.write_label(result.organ_map.on_grid(result.label_ct, model.threads), organs)
     totals = result.totals
     absent = len(result.not_on_ct)
+    sites = ", ".join(f"{site} {count}" for site, count in site_counts(result.lesions))
+    sites = f" ({sites})" if sites else ""  # e.g. "3 lesions (liver 2, lung 1)" when the model names sites
     print(
-        f"{plural(totals.lesion_count, 'lesion')}, total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
+        f"{plural(totals.lesion_count, 'lesion')}{sites}, total MTV {totals.total_mtv_ml:.2f} mL, total TLG "
         f"{totals.total_tlg:.2f}; {plural(result.windows_run, 'patch', 'patches')} on {result.device} in "
         f"{time.perf_counter() - started:.1f} s"
         + (f"; {absent} not on the CT label (PET statistics only)" if absent else "")
@@ -168,9 +199,12 @@ def command_segment(args, cancelled=None) -> int:
             f"  lesion {lesion.id}: MTV {lesion.mtv_ml:.2f} mL, SUVmax {lesion.suv_max:.2f}, SUVpeak "
             f"{lesion.suv_peak:.2f}, SUVmean {lesion.suv_mean:.2f}, TLG {lesion.tlg:.2f}, "
             f"centroid RAS ({r:.1f}, {a:.1f}, {s:.1f}) mm"
+            + (f", site {lesion.site}" if lesion.site else "")
             + (f"; not on the CT label: {reason}" if reason else "")
         )
-    print(f"wrote {out}" + (f" and {stats}" if stats is not None else ""))
+    print("wrote " + " and ".join(str(path) for path in (out, stats, organs) if path is not None))
+    for warning in result.warnings:  # e.g. a CT covering only part of the PET
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -200,6 +234,12 @@ def command_info(args) -> int:
     patch = " x ".join(str(p) for p in manifest.patch_size_zyx)
     print(f"model: {manifest.raw.get('model_name', '?')} {manifest.raw.get('model_version', '')} ({manifest.path})")
     print(f"grid: {spacing} mm (x, y, z), patch {patch} voxels (z, y, x)")
+    if manifest.has_organs:
+        sites = ", ".join(dict.fromkeys(manifest.organ_sites))
+        print(f"sites: named for each lesion from {len(manifest.organ_names)} organ classes (output "
+              f"'{manifest.organ_output}', 1/{manifest.organ_downsampling} of the grid): {sites}")
+    else:
+        print("sites: not named (this model has no organ output; the lesion tables' site column stays empty)")
     if getattr(args, "verbose", False):
         print(json.dumps(manifest.raw, indent=2))
     try:

@@ -177,6 +177,10 @@ def read_image(path, modality: str = "CT", pixel_type=sitk.sitkUnknown) -> sitk.
     or damaged files are refused (InputError), never read with invented voxels.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():  # e.g. a DataLad/git-annex file whose content is not fetched
+        raise InputError(f"{modality} file {_describe(path)} is a symbolic link whose target "
+                         f"'{os.readlink(path)}' does not exist. Fetch the content (`datalad get`, "
+                         "`git annex get`) or fix the link.")
     if not path.exists():
         raise InputError(f"{modality} file not found: {_describe(path)}. Check the path.")
     if path.is_dir() or is_dicom_file(path):

@@ -42,6 +42,17 @@ class Manifest:
     opset: Any = None
     provenance: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    # The optional organ output (docs/architecture.md): its tensor name (None: the model names no sites), how
+    # many model-grid voxels along each axis one organ voxel covers, and per organ code its name and the
+    # lesion site it stands for.
+    organ_output: Any = None
+    organ_downsampling: int = 0
+    organ_names: tuple = ()
+    organ_sites: tuple = ()
+
+    @property
+    def has_organs(self) -> bool:
+        return self.organ_output is not None
 
 
 def _fail(path: Path, what: str) -> ModelError:
@@ -93,6 +104,43 @@ def _normalization(path: Path, data: dict) -> dict:
     return result
 
 
+ORGAN_KEYS = ("organ_output", "organ_downsampling", "organ_names", "organ_sites")
+MAX_ORGANS = 255  # organ codes are stored as uint8
+
+
+def _organ_entries(path: Path, data: dict, output_name: str, patch_size: tuple) -> dict:
+    """The optional organ entries, validated: all four or none (a model without them names no sites)."""
+    present = [key for key in ORGAN_KEYS if key in data]
+    if not present:
+        return {}
+    missing = [key for key in ORGAN_KEYS if key not in data]
+    if missing:
+        raise _fail(path, f"it has {', '.join(present)} but not {', '.join(missing)}: an organ output needs all of "
+                          f"{', '.join(ORGAN_KEYS)}")
+    output = _string(path, data, "organ_output")
+    if output == output_name:
+        raise _fail(path, f"'organ_output' is the lesion output '{output_name}'; it must name the organ output")
+    factor = data["organ_downsampling"]
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise _fail(path, f"'organ_downsampling' must be a positive whole number, got {factor!r}")
+    if any(p % factor for p in patch_size):
+        raise _fail(path, f"'organ_downsampling' {factor} does not divide the patch size {list(patch_size)}")
+    lists = {}
+    for key in ("organ_names", "organ_sites"):
+        value = data[key]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+            raise _fail(path, f"'{key}' must be a non-empty list of names")
+        lists[key] = tuple(v.strip() for v in value)
+    names, sites = lists["organ_names"], lists["organ_sites"]
+    if len(names) != len(sites):
+        raise _fail(path, f"'organ_names' lists {len(names)} organs but 'organ_sites' {len(sites)}; one site per organ")
+    if len(names) > MAX_ORGANS:
+        raise _fail(path, f"'organ_names' lists {len(names)} organs; at most {MAX_ORGANS} are supported")
+    if len(set(names)) != len(names):
+        raise _fail(path, "'organ_names' lists an organ twice")
+    return {"organ_output": output, "organ_downsampling": factor, "organ_names": names, "organ_sites": sites}
+
+
 def load_manifest(manifest_path=None) -> Manifest:
     """Read and validate a manifest; None means the bundled model. Raises ModelError."""
     path = Path(manifest_path) if manifest_path is not None else default_manifest_path()
@@ -127,6 +175,8 @@ def load_manifest(manifest_path=None) -> Manifest:
     if not isinstance(class_names, list) or len(class_names) != 2:
         raise _fail(path, "'class_names' must list 2 classes (background, lesion)")
     provenance = data.get("provenance")
+    output_name = _string(path, data, "output_name")
+    patch_size = tuple(int(p) for p in patch)
 
     return Manifest(
         path=path,
@@ -135,9 +185,9 @@ def load_manifest(manifest_path=None) -> Manifest:
         onnx_path=path.parent / _string(path, data, "onnx_file"),
         onnx_sha256=sha,
         input_name=_string(path, data, "input_name"),
-        output_name=_string(path, data, "output_name"),
+        output_name=output_name,
         dynamic_batch=bool(data.get("dynamic_batch", False)),
-        patch_size_zyx=tuple(int(p) for p in patch),
+        patch_size_zyx=patch_size,
         spacing_xyz_mm=tuple(float(s) for s in _number_list(path, data, "spacing_xyz_mm", 3, positive=True)),
         modalities=modalities,
         class_names=tuple(str(c) for c in class_names),
@@ -145,6 +195,7 @@ def load_manifest(manifest_path=None) -> Manifest:
         opset=data.get("opset"),
         provenance=provenance if isinstance(provenance, dict) else {},
         raw=data,
+        **_organ_entries(path, data, output_name, patch_size),
     )
 
 

@@ -26,7 +26,9 @@ STATS_COLUMNS = (
     "centroid_r_mm",
     "centroid_a_mm",
     "centroid_s_mm",
+    "site",  # the anatomical site under the lesion (the model's organ output); empty when the model names none
     "on_ct",  # 1, or 0 for a lesion outside the CT field of view: it has no voxel on the CT-grid label
+    "cut_by_ct_edge",  # 1 for a lesion touching the PET region the CT does not cover: cut, MTV too low
 )
 
 
@@ -126,7 +128,9 @@ def write_stats_csv(lesions, path) -> None:
                     f"{r:.2f}",
                     f"{a:.2f}",
                     f"{s:.2f}",
+                    lesion.site,
                     int(lesion.on_ct),
+                    int(lesion.cut_by_ct_edge),
                 ]
             )
 

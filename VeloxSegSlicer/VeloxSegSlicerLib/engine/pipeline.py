@@ -17,7 +17,9 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
 from .checks import check_inputs
+from .coverage import coverage_warning, ct_coverage
 from .errors import Cancelled, InputError, VeloxSegError
+from .organs import OrganMap, OrganVotes
 from .postprocess import label_maps
 from .preprocess import (
     CT_AIR_HU,
@@ -82,6 +84,11 @@ class SegmentationResult:
     device: str = "cpu"
     fallback_reason: str = None
     seconds: dict = field(default_factory=dict)  # per stage
+    # of the PET's body, the fraction outside the CT: not analysed (lesions there missing or cut; see coverage)
+    pet_outside_ct_fraction: float = 0.0
+    warnings: list = field(default_factory=list)  # sentences for the user (stderr, the Slicer log)
+    # organs.OrganMap: the organ codes on the model grid (a model with an organ output), else None
+    organ_map: OrganMap = None
 
 
 class ReleasableImage:
@@ -178,10 +185,13 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
 
     steps.enter("Inference")
     windows = [0]
+    # a model with an organ output: both outputs per window, and the organ of the most confident window
+    votes = (OrganVotes(ct.shape, manifest.patch_size_zyx, manifest.organ_downsampling)
+             if manifest.has_organs else None)
 
     def run_patch(batch):
         windows[0] += 1
-        return model.run(batch)
+        return model.run(batch) if votes is None else model.run_with_organs(batch)
 
     pad_values = (
         _normalized(CT_AIR_HU, manifest.normalization["CT"]),
@@ -198,8 +208,13 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         pad_values=pad_values,
         progress=steps.report,
         cancelled=cancelled,
+        organ_votes=votes,
     )
     del ct, pet, body
+    organ_map = None
+    if votes is not None:
+        organ_map = OrganMap.on_model_grid(votes.result(), grid, manifest.organ_names, manifest.organ_sites)
+        del votes
 
     steps.enter("Post-processing")
     label_ct, label_pet, not_on_ct = label_maps(
@@ -216,10 +231,13 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     del logit_diff
 
     steps.enter("Statistics")
+    # A partial CT is never silent: the PET beyond it is not analysed (see coverage).
+    coverage = ct_coverage(pet_suv_image, ct_grid, label_pet)
     lesions = [
-        dataclasses.replace(lesion, on_ct=False) if lesion.id in not_on_ct else lesion
-        for lesion in lesion_statistics(label_pet, pet_suv_image)
+        dataclasses.replace(lesion, on_ct=lesion.id not in not_on_ct, cut_by_ct_edge=lesion.id in coverage.cut)
+        for lesion in lesion_statistics(label_pet, pet_suv_image, organ_map)
     ]
+    warning = coverage_warning(coverage)
     steps.finish()
     return SegmentationResult(
         label_ct=label_ct,
@@ -232,6 +250,9 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         device=model.device,
         fallback_reason=model.fallback_reason,
         seconds=dict(steps.seconds),
+        pet_outside_ct_fraction=coverage.outside_fraction,
+        warnings=[warning] if warning else [],
+        organ_map=organ_map,
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
+from .checks import check_overlap
 from .errors import InputError
 
 CT_AIR_HU = -1000.0  # CT value outside the CT field of view
@@ -152,14 +153,8 @@ def _is_empty(box) -> bool:
 def model_grid(ct: sitk.Image, pet: sitk.Image, spacing_xyz, patch_size_zyx, crop_to_body: bool = True) -> Grid:
     """The model grid for a study: body bounding box within the CT/PET overlap, plus a margin."""
     ct_fov, pet_fov = field_of_view(ct), field_of_view(pet)
+    check_overlap(ct_fov, pet_fov)  # the one overlap rule, as the Slicer module and training apply it
     region = _intersect(ct_fov, pet_fov)
-    if _is_empty(region):
-        raise InputError(
-            "The CT and PET do not overlap in space (CT spans "
-            f"{np.round(ct_fov[0], 1).tolist()} to {np.round(ct_fov[1], 1).tolist()} mm, PET spans "
-            f"{np.round(pet_fov[0], 1).tolist()} to {np.round(pet_fov[1], 1).tolist()} mm, LPS). Check that "
-            "both come from the same study and that their origins were not changed on export."
-        )
     if crop_to_body:
         boxes = []
         for image, threshold in ((ct, CT_BODY_HU), (pet, PET_BODY_SUV)):

@@ -47,10 +47,22 @@ class Model:
     def patch_size(self) -> tuple:
         return self.manifest.patch_size_zyx
 
+    @property
+    def has_organs(self) -> bool:
+        """Whether the model has an organ output, i.e. names each lesion's site."""
+        return self.manifest.has_organs
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, 2, D, H, W) float32 -> logits (N, classes, D, H, W) float32."""
         feed = {self.manifest.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         return self.session.run([self.manifest.output_name], feed)[0]
+
+    def run_with_organs(self, batch: np.ndarray) -> tuple:
+        """(N, 2, D, H, W) float32 -> (logits (N, classes, D, H, W), organ logits (N, organs, D/f, H/f, W/f)),
+        both float32 from one run of the graph (f = the manifest's organ_downsampling)."""
+        feed = {self.manifest.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        logits, organs = self.session.run([self.manifest.output_name, self.manifest.organ_output], feed)
+        return logits, organs
 
 
 def available_cores() -> int:
@@ -105,6 +117,29 @@ def _check_io(session, manifest: Manifest) -> None:
         raise ModelError(
             f"{manifest.onnx_path}: input shape {shape} does not match the manifest (N, {expected}). "
             "Re-export the model."
+        )
+    if manifest.has_organs:
+        _check_organ_output(session, manifest)
+
+
+def _check_organ_output(session, manifest: Manifest) -> None:
+    """The graph's organ output must exist and have one channel per organ of the manifest, on the patch grid
+    divided by organ_downsampling (dimensions the graph leaves symbolic are checked at run time by numpy)."""
+    outputs = {o.name: o for o in session.get_outputs()}
+    if manifest.organ_output not in outputs:
+        raise ModelError(
+            f"{manifest.onnx_path} does not match its manifest: the manifest names the organ output "
+            f"'{manifest.organ_output}', the graph has outputs {sorted(outputs)}. Re-export the model, or remove "
+            "the organ entries from the manifest."
+        )
+    shape = list(outputs[manifest.organ_output].shape)
+    factor = manifest.organ_downsampling
+    expected = [len(manifest.organ_names), *(p // factor for p in manifest.patch_size_zyx)]
+    if len(shape) != 5 or any(isinstance(s, int) and s != e for s, e in zip(shape[1:], expected)):
+        raise ModelError(
+            f"{manifest.onnx_path}: organ output '{manifest.organ_output}' has shape {shape}, the manifest "
+            f"expects (N, {expected}): {len(manifest.organ_names)} organs (organ_names) on the patch grid "
+            f"divided by {factor} (organ_downsampling). Re-export the model."
         )
 
 

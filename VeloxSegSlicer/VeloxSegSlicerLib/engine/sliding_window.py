@@ -64,6 +64,7 @@ def sliding_window_logit_diff(
     pad_values=(0.0, 0.0),
     progress=None,
     cancelled=None,
+    organ_votes=None,
 ) -> np.ndarray:
     """Blended (lesion - background) logit per voxel, float32, shape of ct/pet.
 
@@ -71,7 +72,9 @@ def sliding_window_logit_diff(
     logits (1, 2, *patch). body: optional boolean (z, y, x) array; windows without a body voxel are not run
     (their voxels get NOT_COVERED unless another window covers them). Volumes smaller than a patch are
     padded with pad_values (normalised CT air, PET zero). progress(fraction) is called after each window;
-    cancelled() is checked before each window and raises Cancelled.
+    cancelled() is checked before each window and raises Cancelled. organ_votes: an organs.OrganVotes of
+    the volume's shape, for a model with an organ output; run_patch then returns (logits, organ logits) and
+    each window's organ logits go to organ_votes (the blended lesion logits are the same either way).
     """
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}.")
@@ -103,6 +106,9 @@ def sliding_window_logit_diff(
             batch[0, 0] = ct[region]
             batch[0, 1] = pet[region]
             logits = run_patch(batch)
+            if organ_votes is not None:
+                logits, organ_logits = logits
+                organ_votes.add(region, organ_logits[0])
             diff = logits[0, 1] - logits[0, 0]
             if weights is None:
                 total[region] += diff

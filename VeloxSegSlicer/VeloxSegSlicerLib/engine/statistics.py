@@ -9,6 +9,11 @@ Definitions (all on the PET grid, from the voxels whose centre lies in the lesio
 - Centroid: mean physical position of the lesion voxel centres, in RAS millimetres (LPS with x, y negated).
 - on_ct: whether the lesion has a voxel on the CT-grid label; False for a lesion outside the CT field of
   view (set by segment_study; see postprocess).
+- cut_by_ct_edge: whether the lesion touches the part of the PET the CT does not cover, where it was not
+  analysed, so it may be larger than measured (set by segment_study; see coverage).
+- site: the anatomical site under the lesion, from the model's organ output: the site of the organ code
+  most frequent over the lesion's voxels (the lower code on a tie; see organs); "" when the model has no
+  organ output.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
+
+from .organs import UNKNOWN_SITE
 
 PEAK_RADIUS_MM = (3.0 / (4.0 * np.pi)) ** (1.0 / 3.0) * 10.0  # sphere of 1 cm^3: 6.2035 mm
 
@@ -32,6 +39,8 @@ class LesionStats:
     tlg: float
     centroid_ras_mm: tuple
     on_ct: bool = True
+    cut_by_ct_edge: bool = False
+    site: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,9 @@ def _mean_index_xyz(mask: np.ndarray, start_xyz) -> list:
     return mean
 
 
-def lesion_statistics(label_pet: sitk.Image, pet_suv: sitk.Image) -> list:
-    """LesionStats for every id in a PET-grid label map (ids as found, ascending)."""
+def lesion_statistics(label_pet: sitk.Image, pet_suv: sitk.Image, organs=None) -> list:
+    """LesionStats for every id in a PET-grid label map (ids as found, ascending). organs: the model's
+    organs.OrganMap, which names each lesion's site, or None (site "")."""
     shape_stats = sitk.LabelShapeStatisticsImageFilter()
     shape_stats.ComputePerimeterOff()
     shape_stats.Execute(label_pet)
@@ -93,6 +103,7 @@ def lesion_statistics(label_pet: sitk.Image, pet_suv: sitk.Image) -> list:
         centroid = pet_suv.TransformContinuousIndexToPhysicalPoint(_mean_index_xyz(inside, (x, y, z)))
         mtv = values.size * voxel_ml
         mean = float(values.mean(dtype=np.float64))
+        site = organs.site_of_lesion(pet_suv, inside, (x, y, z)) if organs is not None else UNKNOWN_SITE
         results.append(
             LesionStats(
                 id=int(label),
@@ -103,6 +114,7 @@ def lesion_statistics(label_pet: sitk.Image, pet_suv: sitk.Image) -> list:
                 mtv_ml=mtv,
                 tlg=mean * mtv,
                 centroid_ras_mm=lps_to_ras(centroid),
+                site=site,
             )
         )
     return results

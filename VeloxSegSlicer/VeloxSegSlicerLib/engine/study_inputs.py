@@ -73,7 +73,9 @@ def study_candidates(folder, dicom_series: bool = True) -> List[Path]:
     relative to it, in name order."""
     folder = Path(folder)
     found = []
-    for root, dirs, files in os.walk(folder):
+    # followlinks: a linked series or sub-folder is searched like a real one (link farms, e.g. DataLad);
+    # MAX_DEPTH bounds the walk, so a link cycle cannot make it endless.
+    for root, dirs, files in os.walk(folder, followlinks=True):
         here = Path(root)
         depth = len(here.relative_to(folder).parts)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth + 1 < MAX_DEPTH else []
