@@ -179,3 +179,56 @@ def test_bf16_autocast_training_step_gives_float32_gradients_close_to_float32():
     grad = embed.proj.weight.grad
     assert grad.dtype == torch.float32
     assert torch.allclose(grad, reference, rtol=0.05, atol=0.05 * float(reference.abs().max()))
+
+
+def test_site_agreement_compares_the_named_site_with_the_organ_under_each_found_lesion():
+    from types import SimpleNamespace
+
+    from veloxseg_train.evaluate import site_agreement
+
+    truth = np.zeros((10, 10, 30), bool)
+    truth[2:5, 2:5, 2:5] = truth[2:5, 2:5, 12:15] = truth[2:5, 2:5, 22:25] = True  # three true lesions
+    organs = np.zeros(truth.shape, np.uint8)
+    organs[:, :, :10] = ORGAN["liver"]
+    organs[:, :, 10:20] = ORGAN["lung"]
+    ids = np.zeros(truth.shape, np.int32)
+    ids[2:5, 2:5, 2:6] = 1  # finds the liver lesion, named liver
+    ids[2:5, 2:5, 12:14] = 2  # finds the lung lesion, named bone: wrong
+    # the third (on code 0: lymph node / soft tissue) is missed: not judged
+    lesions = [SimpleNamespace(id=1, site="liver"), SimpleNamespace(id=2, site="bone")]
+    assert site_agreement(ids, lesions, truth, organs) == {"site_correct": 1, "site_judged": 2}
+    unnamed = [SimpleNamespace(id=1, site=""), SimpleNamespace(id=2, site="")]
+    assert site_agreement(ids, unnamed, truth, organs) == {"site_correct": 0, "site_judged": 0}
+    assert site_agreement(ids, lesions, truth, None) == {"site_correct": 0, "site_judged": 0}
+
+
+def test_lesion_sensitivity_by_size_and_site_accuracy_in_the_summary():
+    from veloxseg_train.metrics import case_metrics, summarize
+
+    truth = np.zeros((20, 20, 40), bool)
+    truth[1:3, 1:3, 1:3] = True  # 8 voxels = 0.008 mL at 1 mm: small, missed
+    truth[5:15, 5:15, 10:30] = True  # 2 mL: found
+    pred = np.zeros_like(truth)
+    pred[6:8, 6:8, 12:14] = True
+    row = case_metrics(pred, truth, (1.0, 1.0, 1.0))
+    assert (row["true_lesions_lt1ml"], row["found_lesions_lt1ml"]) == (1, 0)
+    assert (row["true_lesions_1to5ml"], row["found_lesions_1to5ml"]) == (1, 1)
+    row.update(site_correct=1, site_judged=1)
+    other = dict(row, site_correct=0, site_judged=1)
+    summary = summarize([row, other])
+    assert summary["lesion_sensitivity_lt1ml"] == 0.0 and summary["lesion_sensitivity_1to5ml"] == 1.0
+    assert np.isnan(summary["lesion_sensitivity_ge5ml"]) and summary["site_accuracy"] == 0.5
+
+
+def test_a_checkpoint_with_organ_head_names_sites_through_the_engine(tmp_path):
+    from veloxseg_train.checkpoint import save_checkpoint
+    from veloxseg_train.evaluate import TorchModel
+
+    norm = {"CT": {"clip_low": -1000.0, "clip_high": 1000.0, "mean": 0.0, "std": 300.0},
+            "PET": {"clip_low": 0.0, "clip_high": 30.0, "mean": 1.0, "std": 2.0}}
+    model = VeloxSeg(VeloxSegConfig.autopet(n_organs=len(ORGAN_NAMES)))
+    path = save_checkpoint(tmp_path / "organs.pt", model, norm, {"spacing_xyz_mm": [2.036, 2.036, 3.0]})
+    wrapped = TorchModel(path)
+    assert wrapped.manifest.has_organs and wrapped.manifest.organ_sites[ORGAN["liver"]] == "liver"
+    logits, organs = wrapped.run_with_organs(np.zeros((1, 2, 96, 96, 96), np.float32))
+    assert logits.shape == (1, 2, 96, 96, 96) and organs.shape == (1, len(ORGAN_NAMES), 24, 24, 24)

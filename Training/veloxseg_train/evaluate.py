@@ -9,6 +9,10 @@ Cases come from a prepared data set (a folder with dataset.json; `split` picks e
 AutoPET-II nnU-Net raw layout, a `veloxseg-train synth` output folder, or a folder with one sub-folder per
 case (CT, PET in SUV, label). Metrics are computed on the label's own grid (see `metrics`).
 
+Site accuracy (models with an organ output, cases with an organ map, e.g. phantoms): for every true lesion
+the model finds, the site the engine names for the predicted lesion overlapping it most is compared with
+the site of the organ code most frequent under the true lesion (data/organs.py SITE_NAMES).
+
 Threshold baselines, on the same grid, restricted to the body (CT > -500 HU; the whole image if the CT
 shows no body):
 - suv2.5: SUV >= 2.5.          - suv4.0: SUV >= 4.0.
@@ -32,13 +36,14 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 - the library's conventional alias
 from scipy import ndimage
 
-from .metrics import case_metrics, summarize
+from .metrics import SIZE_BINS_ML, case_metrics, summarize
 
 BODY_CT_HU = -500.0
 BASELINES = ("suv2.5", "suv4.0", "suv41", "suv41_cc")
 DEFAULT_SPACING_XYZ_MM = (2.036, 2.036, 3.0)
 METRIC_COLUMNS = ["dice", "hd95_mm", "precision", "recall", "fp_volume_ml", "fn_volume_ml", "true_volume_ml",
                   "pred_volume_ml", "tp_voxels", "fp_voxels", "fn_voxels", "true_lesions", "found_lesions",
+                  *[f"{what}_lesions_{size}" for _, _, size in SIZE_BINS_ML for what in ("true", "found")],
                   "pred_components", "reported_lesions"]
 
 
@@ -53,6 +58,7 @@ class EvalCase:
     ct: sitk.Image  # HU
     pet: sitk.Image  # SUV
     label: sitk.Image  # 0/1 ground truth
+    organs: Optional[sitk.Image] = None  # organ codes (data/organs.py), where the case has a map
 
 
 # --------------------------------------------------------------------------- models
@@ -81,6 +87,12 @@ class TorchModel:
         normalization = payload.get("normalization") or {}
         if not all(m in normalization for m in ("CT", "PET")):
             raise EvaluationError(f"{checkpoint} holds no CT/PET normalisation constants")
+        organ_entries = {}
+        if self.network.cfg.n_organs:  # the same entries export writes: the engine names sites from them
+            from .data.organs import ORGAN_NAMES, SITE_NAMES
+
+            organ_entries = dict(organ_output="organs", organ_downsampling=self.network.cfg.patch_size,
+                                 organ_names=tuple(ORGAN_NAMES), organ_sites=tuple(SITE_NAMES[n] for n in ORGAN_NAMES))
         self.manifest = Manifest(
             path=Path(checkpoint), model_name="VeloxSeg", model_version="checkpoint", onnx_path=Path(),
             onnx_sha256="", input_name="image", output_name="logits", dynamic_batch=True,
@@ -88,7 +100,7 @@ class TorchModel:
             spacing_xyz_mm=tuple(float(s) for s in (spacing or DEFAULT_SPACING_XYZ_MM)),
             modalities=("CT", "PET"), class_names=("background", "lesion"),
             normalization={m: {k: float(normalization[m][k]) for k in ("clip_low", "clip_high", "mean", "std")}
-                           for m in ("CT", "PET")})
+                           for m in ("CT", "PET")}, **organ_entries)
         self.device = "gpu" if self.torch_device.type == "cuda" else "cpu"
         self.threads = threads
         self.fallback_reason = None
@@ -99,6 +111,14 @@ class TorchModel:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
             return self.network(x).float().cpu().numpy()
+
+    def run_with_organs(self, batch: np.ndarray) -> tuple:
+        import torch
+
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.torch_device)
+            logits, organs = self.network.forward_with_organs(x)
+            return logits.float().cpu().numpy(), organs.float().cpu().numpy()
 
 
 def load_any_model(path: str | Path, device: str = "cpu", threads: int = 1,
@@ -126,13 +146,14 @@ def _prepared_cases(root: Path, split: Optional[str]) -> Iterator[EvalCase]:
         prepared = read_case(case)
         check_case(case.name, prepared.ct, prepared.pet, prepared.label, case.shape_zyx, case.lesion_free)
         yield EvalCase(case.name, case.source or "prepared", prepared.to_image(prepared.ct),
-                       prepared.to_image(prepared.pet), prepared.to_image(prepared.label))
+                       prepared.to_image(prepared.pet), prepared.to_image(prepared.label),
+                       prepared.to_image(prepared.organs) if prepared.organs is not None else None)
 
 
 def iter_cases(root: str | Path, split: Optional[str] = None) -> Iterator[EvalCase]:
     """Cases of any supported layout (see the module docstring), loaded and checked one at a time."""
     from .data.sources import SYNTHETIC_MANIFEST, find_autopet_cases, find_folder_cases, find_synthetic_cases
-    from .data.validate import load_case
+    from .data.validate import load_case, read_image
 
     root = Path(root)
     if not root.is_dir():
@@ -150,7 +171,8 @@ def iter_cases(root: str | Path, split: Optional[str] = None) -> Iterator[EvalCa
         files = find_folder_cases(root)
     for entry in files:
         loaded = load_case(entry)
-        yield EvalCase(loaded.name, loaded.source, loaded.ct, loaded.pet, loaded.label)
+        organs = read_image(entry.name, "organ map", entry.organs) if entry.organs is not None else None
+        yield EvalCase(loaded.name, loaded.source, loaded.ct, loaded.pet, loaded.label, organs)
 
 
 # --------------------------------------------------------------------------- predictions
@@ -220,6 +242,30 @@ def predict_lesions(case: EvalCase, model, overlap: float, blending: str):
     return on_grid(source, case.label, 0, nearest=True), result.lesions
 
 
+def site_agreement(ids: np.ndarray, lesions, truth: np.ndarray, organs: Optional[np.ndarray]) -> Dict[str, int]:
+    """{site_correct, site_judged} over the true lesions the model found (module docstring); both 0 when the
+    model names no sites or the case has no organ map."""
+    site_of = {lesion.id: getattr(lesion, "site", "") for lesion in lesions}
+    if organs is None or not any(site_of.values()):
+        return {"site_correct": 0, "site_judged": 0}
+    from .data.organs import ORGAN_NAMES, SITE_NAMES
+
+    components, n = ndimage.label(truth, structure=ndimage.generate_binary_structure(3, 2))
+    correct = judged = 0
+    for index, region in enumerate(ndimage.find_objects(components), start=1):
+        inside = components[region] == index
+        hit = ids[region][inside]
+        hit = hit[hit > 0]
+        if hit.size == 0:
+            continue  # missed: counted by the lesion sensitivity, not here
+        predicted = site_of.get(int(np.bincount(hit).argmax()), "")
+        code = int(np.bincount(organs[region][inside].astype(np.int64)).argmax())
+        expected = SITE_NAMES[ORGAN_NAMES[code]] if code < len(ORGAN_NAMES) else ""
+        judged += 1
+        correct += predicted == expected
+    return {"site_correct": correct, "site_judged": judged}
+
+
 def apply_rule(ids: np.ndarray, lesions, rule: TableRule):
     """(mask, reported lesion count) of the lesions `rule` keeps."""
     kept = [lesion.id for lesion in lesions if rule.keeps(lesion)]
@@ -262,18 +308,22 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
         pet = on_grid(case.pet, case.label, 0.0)
         ct = on_grid(case.ct, case.label, -1000.0)
         masks.update(threshold_baselines(pet, ct))
+        organs = on_grid(case.organs, case.label, 0, nearest=True) if case.organs is not None else None
+        sites = site_agreement(ids, lesions, truth, organs)
         for method, mask in masks.items():
             row = {"case": case.name, "source": case.source, "method": method,
                    **case_metrics(mask, truth, spacing_zyx)}
             row["reported_lesions"] = reported.get(method, row["pred_components"])
             row["seconds"] = seconds if method == "model" else ""
+            row.update(sites if method == "model" else {"site_correct": "", "site_judged": ""})
             rows.append(row)
         model_row = rows[-len(masks)]
         log(f"{case.name} ({case.source}): Dice {model_row['dice']:.3f}, FP {model_row['fp_volume_ml']:.2f} mL, "
             f"FN {model_row['fn_volume_ml']:.2f} mL, {seconds:.1f} s")
     if not rows:
         raise EvaluationError(f"{cases_dir}: no cases to evaluate")
-    _write_csv(out_dir / "per_case.csv", ["case", "source", "method", *METRIC_COLUMNS, "seconds"], rows)
+    _write_csv(out_dir / "per_case.csv", ["case", "source", "method", *METRIC_COLUMNS, "site_correct",
+                                          "site_judged", "seconds"], rows)
 
     summary: Dict[str, Dict[str, float]] = {}
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
@@ -297,7 +347,9 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
 
 
 SUMMARY_ORDER = ["cases", "positive_cases", "negative_cases", "dice", "dice_pos", "hd95_mm", "hd95_mm_pos",
-                 "precision", "recall", "recall_pos", "lesion_sensitivity", "fp_volume_ml", "fp_volume_ml_neg",
+                 "precision", "recall", "recall_pos", "lesion_sensitivity", "lesion_sensitivity_lt1ml",
+                 "lesion_sensitivity_1to5ml", "lesion_sensitivity_ge5ml", "site_accuracy", "fp_volume_ml",
+                 "fp_volume_ml_neg",
                  "reported_lesions", "reported_lesions_neg", "fn_volume_ml", "fn_volume_ml_pos"]
 
 
@@ -308,7 +360,7 @@ def _summary_order(key: str) -> int:
 def format_table(summary: Dict[str, Dict[str, float]]) -> str:
     """A plain-text table: one line per group/method."""
     keys = ["cases", "dice_pos", "dice", "lesion_sensitivity", "fp_volume_ml_neg", "reported_lesions_neg",
-            "fp_volume_ml", "reported_lesions", "hd95_mm_pos"]
+            "fp_volume_ml", "reported_lesions", "hd95_mm_pos", "site_accuracy"]
     width = max([28] + [len(name) + 2 for name in summary])
     lines = ["group/method".ljust(width) + "".join(k.rjust(21) for k in keys)]
     for name, values in summary.items():

@@ -93,6 +93,24 @@ def lesion_counts(pred: np.ndarray, truth: np.ndarray) -> Dict[str, int]:
             "pred_components": int(n_pred)}
 
 
+SIZE_BINS_ML = ((0.0, 1.0, "lt1ml"), (1.0, 5.0, "1to5ml"), (5.0, math.inf, "ge5ml"))  # true lesion volumes
+
+
+def lesion_counts_by_size(pred: np.ndarray, truth: np.ndarray, voxel_ml: float) -> Dict[str, int]:
+    """True and found lesions (18-connected components of the truth) per volume bin of SIZE_BINS_ML."""
+    components, n = ndimage.label(truth, structure=_CONNECTIVITY_18)
+    volumes = np.bincount(components.ravel(), minlength=n + 1)[1:] * voxel_ml
+    found = np.zeros(n + 1, bool)
+    found[np.unique(components[truth & pred])] = True
+    found = found[1:]
+    counts = {}
+    for low, high, name in SIZE_BINS_ML:
+        in_bin = (volumes >= low) & (volumes < high)
+        counts[f"true_lesions_{name}"] = int(in_bin.sum())
+        counts[f"found_lesions_{name}"] = int((in_bin & found).sum())
+    return counts
+
+
 def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float]) -> Dict[str, float]:
     """All metrics of one case, plus voxel counts and volumes, as a flat dict."""
     pred = np.asarray(pred).astype(bool, copy=False)
@@ -114,6 +132,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[floa
         "fp_voxels": int(np.count_nonzero(pred)) - tp,
         "fn_voxels": int(np.count_nonzero(truth)) - tp,
         **lesion_counts(pred, truth),
+        **lesion_counts_by_size(pred, truth, voxel_ml),
     }
 
 
@@ -143,4 +162,13 @@ def summarize(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
         reported = "reported_lesions" if "reported_lesions" in rows[0] else "pred_components"
         summary["reported_lesions"] = mean(float(r[reported]) for r in rows)
         summary["reported_lesions_neg"] = mean(float(r[reported]) for r in negative)
+    for _, _, name in SIZE_BINS_ML:
+        if rows and f"true_lesions_{name}" in rows[0]:
+            true_in_bin = sum(int(r[f"true_lesions_{name}"]) for r in rows)
+            summary[f"lesion_sensitivity_{name}"] = (sum(int(r[f"found_lesions_{name}"]) for r in rows)
+                                                     / true_in_bin if true_in_bin else math.nan)
+    if rows and "site_judged" in rows[0]:
+        judged = sum(int(r["site_judged"] or 0) for r in rows)
+        summary["site_accuracy"] = (sum(int(r["site_correct"] or 0) for r in rows) / judged
+                                    if judged else math.nan)
     return summary
