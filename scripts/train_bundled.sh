@@ -8,7 +8,8 @@
 # The data are deterministic by seed (phantoms, lesions in the IBSI backgrounds, splits), so a fresh machine
 # rebuilds exactly the volumes the run was trained on. The run's state (weights, optimiser, schedule,
 # position, RNG streams: Training/runs/wholebody/state.pt, a compact state of ~4.6 MB replaced at every stop,
-# see Training/veloxseg_train/run_state.py) and its logs (VeloxSegSlicer/Resources/Models/training/) are in
+# see Training/veloxseg_train/run_state.py) and its logs (Training/runs/wholebody/; copied next to the bundled
+# model, VeloxSegSlicer/Resources/Models/training/, only when a model is exported from the run) are in
 # the repository: commit them once per session and the next one resumes where this one stopped (optimiser
 # moments rebuilt, the LR ramped up again). Between commits the run lives in work-data/.
 set -euo pipefail
@@ -20,7 +21,8 @@ ibsi="${IBSI:-$root/../shared/data/ibsi-sts/cases}"
 minutes="${TRAIN_MINUTES:-100}"
 state="Training/runs/wholebody/state.pt"
 fingerprint="Training/runs/wholebody/data_fingerprint.json"
-logs="VeloxSegSlicer/Resources/Models/training"
+logs="Training/runs/wholebody"  # the run's logs and curves, beside its state
+release_logs="VeloxSegSlicer/Resources/Models/training"  # those of the bundled model, packaged with it
 run="work-data/runs/wholebody"
 
 # 1. data (skipped when present)
@@ -70,6 +72,9 @@ cp "$run"/plots/*.png "$logs/" 2>/dev/null || true
 
 # 4. optionally export the weights as the bundled model and evaluate it (real held-out, both phantom families)
 if [ -n "${EXPORT_VERSION:-}" ] && [ "$status" -eq 0 ]; then
+  mkdir -p "$release_logs"
+  cp "$logs"/log_steps.csv "$logs"/log_epochs.csv "$release_logs/"
+  cp "$logs"/*.png "$release_logs/" 2>/dev/null || true
   "$bin/veloxseg-train" export "$run/checkpoints/last.pt" --out VeloxSegSlicer/Resources/Models/veloxseg.onnx \
       --model-version "$EXPORT_VERSION" \
       --data "160 phantoms of the training family (seed 0) + 66 IBSI train-split studies with inserted synthetic lesions + 29 IBSI STS studies; split train/val/test per source (seed 0); recipe Training/configs/wholebody.toml"

@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = "Training/runs/wholebody/state.pt"
-LOGS = "VeloxSegSlicer/Resources/Models/training"
+LOGS = "Training/runs/wholebody"
+RELEASE_LOGS = "VeloxSegSlicer/Resources/Models/training"
 RUN = "work-data/runs/wholebody"
 
 # What the stand-in trainer does: record its arguments and allocator setting, optionally save a checkpoint
@@ -65,7 +66,7 @@ def scratch(tmp_path):
         (root / marker).parent.mkdir(parents=True, exist_ok=True)
         (root / marker).write_text("{}")
     (root / STATE).write_text("repository state\n")
-    (root / LOGS).mkdir(parents=True)
+    (root / LOGS).mkdir(parents=True, exist_ok=True)
     (root / LOGS / "log_steps.csv").write_text("old steps\n")
     (root / LOGS / "log_epochs.csv").write_text("old epochs\n")
     return root
@@ -89,6 +90,7 @@ def test_a_trainer_stopped_early_still_leaves_its_state_in_the_repository(scratc
     assert (scratch / STATE).read_text() == "state after SIGTERM\n(compacted)\n"
     assert (scratch / LOGS / "log_steps.csv").read_text() == "steps of state after SIGTERM\n"
     assert (scratch / LOGS / "log_epochs.csv").read_text() == "epochs of state after SIGTERM\n"
+    assert not (scratch / RELEASE_LOGS).exists()  # no model exported: the bundled model's logs stay
     calls = _calls(scratch)
     # it resumed from the repository's state, with the allocator setting, and exported nothing
     assert len(calls) == 1 and calls[0].startswith("train --config Training/configs/wholebody.toml --resume")
@@ -105,6 +107,7 @@ def test_a_finished_session_exports_when_asked_and_a_failed_one_changes_nothing(
     calls = _calls(scratch)
     assert calls[0].endswith("| glibc.malloc.arena_max=1")  # the user's own setting wins
     assert [c.split()[0] for c in calls] == ["train", "export", "evaluate", "evaluate"]
+    assert (scratch / RELEASE_LOGS / "log_steps.csv").read_text() == "steps of state at the budget\n"
 
     (scratch / "calls.txt").unlink()
     shutil.rmtree(scratch / RUN)
