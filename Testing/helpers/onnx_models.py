@@ -168,3 +168,48 @@ def build_threshold_model(out_dir, suv_threshold=2.5, spacing_xyz_mm=(4.0, 4.0, 
 def expected_lesion_mask(pet_suv, suv_threshold=2.5):
     """What the threshold model marks, for an SUV array already on the model grid."""
     return np.clip(pet_suv, 0.0, 30.0) > suv_threshold
+
+
+def build_linear_classifier(path, weights, bias):
+    """A second-look classifier (docs/architecture.md): ``features`` float32 (N, F) -> ``score`` (N, 1) =
+    sigmoid(features @ weights + bias); with the manifest's mean 0 and std 1 the features are the raw ones."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.asarray(weights, dtype=np.float32).reshape(-1, 1)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["features", "w", "b"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["score"])],
+        "veloxseg_test_second_look",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", w.shape[0]])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([bias], np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="veloxseg-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_second_look_manifest(onnx_path, feature_names, candidate_logit=-1.0986123, score_threshold=0.5,
+                               mean=None, std=None):
+    """``<name>.json`` beside a classifier of build_linear_classifier; return its path."""
+    onnx_path = Path(onnx_path)
+    manifest = {
+        "format": "veloxseg-second-look/1",
+        "onnx_file": onnx_path.name,
+        "onnx_sha256": _sha256(onnx_path),
+        "input_name": "features",
+        "output_name": "score",
+        "feature_names": list(feature_names),
+        "feature_mean": list(mean) if mean is not None else [0.0] * len(feature_names),
+        "feature_std": list(std) if std is not None else [1.0] * len(feature_names),
+        "candidate_threshold": {"logit": candidate_logit},
+        "score_threshold": score_threshold,
+        "training": {"data": "none (hand-built test classifier)"},
+    }
+    path = onnx_path.with_suffix(".json")
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path

@@ -19,6 +19,9 @@ COMMANDS = {
     "prepare": ("prepare", "resample AutoPET-II / case folders / phantoms onto the model grid for training"),
     "train": ("train", "train VeloxSeg with SDKT from a config file"),
     "evaluate": ("evaluate", "evaluate a checkpoint or ONNX model on a case folder, with threshold baselines"),
+    "calibrate": ("calibrate", "choose the lesion threshold on whole validation volumes (optionally into a manifest)"),
+    "candidates": ("candidates", "collect lesion candidates with their features and labels for the second look"),
+    "train-classifier": ("train_classifier", "train the second-look candidate classifier and export it to ONNX"),
 }
 
 

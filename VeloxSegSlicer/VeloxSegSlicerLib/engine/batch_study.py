@@ -60,15 +60,23 @@ class ModelSpec:
     model_version: str
     device: str = "cpu"
     threads: int = 1
+    # what decides lesion voxels besides the network: the calibrated threshold and the second-look classifier
+    lesion_threshold: float = 0.0
+    second_look_sha256: str = ""
 
     @classmethod
     def of(cls, manifest, device: str = "cpu", threads: int = 1) -> ModelSpec:
         # absolute, links kept: a linked manifest's .onnx is found beside the link, not beside its target
+        second_look = getattr(manifest, "second_look", None)
         return cls(str(Path(manifest.path).absolute()), manifest.onnx_sha256, manifest.model_name,
-                   manifest.model_version, device, threads)
+                   manifest.model_version, device, threads, float(getattr(manifest, "lesion_threshold", 0.0)),
+                   second_look.onnx_sha256 if second_look is not None else "")
 
     def record(self) -> dict:
-        return {"name": self.model_name, "version": self.model_version, "onnx_sha256": self.onnx_sha256}
+        record = {"name": self.model_name, "version": self.model_version, "onnx_sha256": self.onnx_sha256}
+        if self.lesion_threshold != 0.0 or self.second_look_sha256:  # a model without them: the record as before
+            record.update(lesion_threshold=self.lesion_threshold, second_look_sha256=self.second_look_sha256)
+        return record
 
 
 @dataclass(frozen=True)
@@ -190,6 +198,9 @@ def finished_record(task: StudyTask, spec: ModelSpec) -> Optional[dict]:
     try:
         if record["model"]["onnx_sha256"] != spec.onnx_sha256 or record["options"] != task.options:
             return None
+        if (record["model"].get("lesion_threshold", 0.0) != spec.lesion_threshold
+                or record["model"].get("second_look_sha256", "") != spec.second_look_sha256):
+            return None  # the same network, but another threshold or second look decides the lesions
         folder = Path(task.folder)
         for role, path in (("CT", task.ct), ("PET", task.pet)):
             if not _same_input(record["inputs"][role], Path(path), folder):

@@ -49,6 +49,11 @@ class Manifest:
     organ_downsampling: int = 0
     organ_names: tuple = ()
     organ_sites: tuple = ()
+    # The lesion threshold on the blended (lesion - background) logit: 0 (probability 0.5) unless the manifest
+    # has a calibrated "lesion_threshold" (`veloxseg-train calibrate`).
+    lesion_threshold: float = 0.0
+    # The optional second look (`veloxseg-train train-classifier`): a SecondLookManifest, or None.
+    second_look: Any = None
 
     @property
     def has_organs(self) -> bool:
@@ -141,6 +146,94 @@ def _organ_entries(path: Path, data: dict, output_name: str, patch_size: tuple) 
     return {"organ_output": output, "organ_downsampling": factor, "organ_names": names, "organ_sites": sites}
 
 
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+# A logit beyond this is a probability within 1e-8 of 0 or 1: no threshold of use, and the engine marks voxels
+# no window covered with -20 (sliding_window.NOT_COVERED), which must stay below every threshold.
+MAX_THRESHOLD_LOGIT = 18.0
+
+
+def _threshold_logit(path: Path, value, key: str) -> float:
+    """A threshold entry: {"logit": t, ...} (other keys say how it was chosen) with t finite, |t| <= 18."""
+    logit = value.get("logit") if isinstance(value, dict) else None
+    if not _finite(logit) or abs(logit) > MAX_THRESHOLD_LOGIT:
+        raise _fail(path, f"'{key}' must be an object with a finite 'logit' between -{MAX_THRESHOLD_LOGIT:g} and "
+                          f"{MAX_THRESHOLD_LOGIT:g} (written by `veloxseg-train calibrate`), got {value!r}")
+    return float(logit)
+
+
+SECOND_LOOK_FORMAT = "veloxseg-second-look/1"
+
+
+@dataclass(frozen=True)
+class SecondLookManifest:
+    """The candidate classifier's manifest (docs/architecture.md, "The second look")."""
+
+    path: Path
+    onnx_path: Path
+    onnx_sha256: str
+    input_name: str
+    output_name: str
+    feature_names: tuple
+    feature_mean: tuple
+    feature_std: tuple
+    candidate_threshold: float  # logit
+    score_threshold: float
+    organ_names: tuple  # the organs of the one-hot site features, in their order
+    raw: dict = field(default_factory=dict)
+
+
+def _second_look(path: Path, data: dict, lesion_threshold: float):
+    """The manifest's "second_look" entry (a file name beside it), read and validated; None when absent."""
+    if "second_look" not in data:
+        return None
+    from .candidates import FEATURE_NAMES, ORGAN_PREFIX
+
+    name = _string(path, data, "second_look")
+    sl_path = path.parent / name
+    if not sl_path.is_file():
+        raise ModelError(f"The second-look classifier manifest {sl_path} named in {path} ('second_look') is missing; "
+                         "install it beside the model, or remove the 'second_look' entry to run without it.")
+    try:
+        sl = json.loads(sl_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(sl_path, f"cannot be read as JSON ({exc})") from exc
+    if not isinstance(sl, dict) or sl.get("format") != SECOND_LOOK_FORMAT:
+        raise _fail(sl_path, f"'format' must be {SECOND_LOOK_FORMAT!r} (a second-look classifier manifest)")
+    sha = _string(sl_path, sl, "onnx_sha256").lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _fail(sl_path, "'onnx_sha256' must be 64 hexadecimal digits")
+    names = sl.get("feature_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+            or tuple(names[: len(FEATURE_NAMES)]) != FEATURE_NAMES \
+            or not all(n.startswith(ORGAN_PREFIX) and len(n) > len(ORGAN_PREFIX) for n in names[len(FEATURE_NAMES):]):
+        raise _fail(sl_path, f"'feature_names' must be {list(FEATURE_NAMES)} followed by '{ORGAN_PREFIX}<name>' "
+                             "entries (this engine computes those features)")
+    stats = {}
+    for key in ("feature_mean", "feature_std"):
+        values = sl.get(key)
+        if not isinstance(values, list) or len(values) != len(names) or not all(_finite(v) for v in values):
+            raise _fail(sl_path, f"'{key}' must list {len(names)} finite numbers, one per feature")
+        stats[key] = tuple(float(v) for v in values)
+    if any(v <= 0 for v in stats["feature_std"]):
+        raise _fail(sl_path, "'feature_std' must hold positive numbers")
+    candidate = _threshold_logit(sl_path, sl.get("candidate_threshold"), "candidate_threshold")
+    if candidate > lesion_threshold:
+        raise _fail(sl_path, f"its candidate threshold (logit {candidate:g}) is above the lesion threshold "
+                             f"(logit {lesion_threshold:g}) of {path}; candidates must include every lesion")
+    score = sl.get("score_threshold")
+    if not _finite(score) or not 0.0 <= score <= 1.0:
+        raise _fail(sl_path, f"'score_threshold' must be a number in [0, 1], got {score!r}")
+    return SecondLookManifest(
+        path=sl_path, onnx_path=sl_path.parent / _string(sl_path, sl, "onnx_file"), onnx_sha256=sha,
+        input_name=_string(sl_path, sl, "input_name"), output_name=_string(sl_path, sl, "output_name"),
+        feature_names=tuple(names), feature_mean=stats["feature_mean"], feature_std=stats["feature_std"],
+        candidate_threshold=candidate, score_threshold=float(score),
+        organ_names=tuple(n[len(ORGAN_PREFIX):] for n in names[len(FEATURE_NAMES):]), raw=sl)
+
+
 def load_manifest(manifest_path=None) -> Manifest:
     """Read and validate a manifest; None means the bundled model. Raises ModelError."""
     path = Path(manifest_path) if manifest_path is not None else default_manifest_path()
@@ -177,6 +270,8 @@ def load_manifest(manifest_path=None) -> Manifest:
     provenance = data.get("provenance")
     output_name = _string(path, data, "output_name")
     patch_size = tuple(int(p) for p in patch)
+    lesion_threshold = (_threshold_logit(path, data["lesion_threshold"], "lesion_threshold")
+                        if "lesion_threshold" in data else 0.0)
 
     return Manifest(
         path=path,
@@ -195,6 +290,8 @@ def load_manifest(manifest_path=None) -> Manifest:
         opset=data.get("opset"),
         provenance=provenance if isinstance(provenance, dict) else {},
         raw=data,
+        lesion_threshold=lesion_threshold,
+        second_look=_second_look(path, data, lesion_threshold),
         **_organ_entries(path, data, output_name, patch_size),
     )
 
@@ -208,7 +305,14 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_model_file(manifest: Manifest) -> None:
-    """Refuse a model file whose SHA-256 differs from the manifest (corrupted download, tampering)."""
+    """Refuse a model file whose SHA-256 differs from the manifest (corrupted download, tampering); the same
+    for the second-look classifier's file when the manifest names one."""
+    _verify_file(manifest)
+    if manifest.second_look is not None:
+        _verify_file(manifest.second_look)
+
+
+def _verify_file(manifest) -> None:
     if not manifest.onnx_path.is_file():
         raise ModelError(
             f"Model file {manifest.onnx_path} named in {manifest.path} is missing; "

@@ -89,6 +89,15 @@ class SegmentationResult:
     warnings: list = field(default_factory=list)  # sentences for the user (stderr, the Slicer log)
     # organs.OrganMap: the organ codes on the model grid (a model with an organ output), else None
     organ_map: OrganMap = None
+    # segment_study(..., keep_maps=True) only, else None: on the model grid, (z, y, x) float32, the blended
+    # (lesion - background) logit difference before any threshold, and the CT (HU) and PET (SUV) before
+    # clipping and normalisation (what calibration and the candidate features need)
+    logit_diff: np.ndarray = None
+    model_ct_hu: np.ndarray = None
+    model_pet_suv: np.ndarray = None
+    # the second look, when the model has one: candidates scored and kept (None without it)
+    second_look_candidates: int = None
+    second_look_kept: int = None
 
 
 class ReleasableImage:
@@ -151,12 +160,17 @@ class _Progress:
             self.callback(1.0, self.stage)
 
 
-def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, cancelled=None):
+def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, cancelled=None, keep_maps=False):
     """Segment lesions in a CT (HU) + PET (SUVbw) study with a model from load_model().
 
     progress(fraction, stage) is called often (fraction 0-1 overall); cancelled() is polled between
     patches and stages and makes this raise Cancelled. Returns a SegmentationResult.
     ct_image may be a ReleasableImage: its voxels are then dropped as soon as they are resampled.
+    keep_maps=True keeps the model-grid logit difference, CT and PET in the result (training's calibration
+    and candidate features; three float32 volumes of the cropped grid).
+
+    Lesion voxels are those whose logit difference exceeds the manifest's lesion threshold (0 unless
+    calibrated); a model with a second look keeps only the candidates its classifier accepts (second_look).
     """
     if isinstance(ct_image, ReleasableImage):
         ct_image = ct_image.take()
@@ -178,6 +192,9 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
     ct = sitk.GetArrayFromImage(on_grid.ct)
     pet = sitk.GetArrayFromImage(on_grid.pet)
     del on_grid  # the arrays are copies; drop the images now
+    second_look = getattr(model, "second_look", None)
+    # the second look and keep_maps need CT and PET as measured, before normalisation
+    ct_hu, pet_suv = (ct.copy(), pet.copy()) if keep_maps or second_look is not None else (None, None)
     body = (ct > CT_BODY_HU) | (pet > PET_BODY_SUV) if options.skip_air_windows else None
     normalize_in_place(ct, manifest.normalization["CT"])
     normalize_in_place(pet, manifest.normalization["PET"])
@@ -217,8 +234,24 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         del votes
 
     steps.enter("Post-processing")
+    # lesion where decision > 0: the logit difference itself with the default threshold (0) and no second look
+    threshold = float(getattr(manifest, "lesion_threshold", 0.0))
+    looked = None
+    if second_look is not None:
+        started = time.perf_counter()
+        looked = second_look.decide(logit_diff, ct_hu, pet_suv, grid, threshold,
+                                    sitk.GetArrayViewFromImage(organ_map.image) if organ_map is not None else None,
+                                    manifest.organ_names, threads)
+        decision = looked.decision
+        steps.seconds["Second look"] = time.perf_counter() - started
+    elif threshold != 0.0:
+        decision = logit_diff - np.float32(threshold)  # float32: x - t > 0 exactly when x > t
+    else:
+        decision = logit_diff
+    if not keep_maps:  # drop what label_maps does not need (decision may be logit_diff itself)
+        ct_hu = pet_suv = logit_diff = None
     label_ct, label_pet, not_on_ct = label_maps(
-        logit_diff,
+        decision,
         grid,
         ct_grid,
         pet_suv_image,
@@ -228,7 +261,7 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         cancelled=cancelled,
         min_suv_max=options.min_suv_max,
     )
-    del logit_diff
+    del decision
 
     steps.enter("Statistics")
     # A partial CT is never silent: the PET beyond it is not analysed (see coverage).
@@ -253,6 +286,11 @@ def segment_study(ct_image, pet_suv_image, model, options=None, progress=None, c
         pet_outside_ct_fraction=coverage.outside_fraction,
         warnings=[warning] if warning else [],
         organ_map=organ_map,
+        logit_diff=logit_diff if keep_maps else None,
+        model_ct_hu=ct_hu,
+        model_pet_suv=pet_suv,
+        second_look_candidates=looked.candidates if looked is not None else None,
+        second_look_kept=looked.kept if looked is not None else None,
     )
 
 

@@ -42,6 +42,12 @@ class Model:
         self.fallback_reason = fallback_reason  # why "gpu" was asked for and "cpu" is used, else None
         self.threads_note = threads_note  # why fewer threads are used than asked for, else None
         self.providers = tuple(session.get_providers())
+        # the candidate classifier (second_look.SecondLook) when the manifest names one, else None
+        self.second_look = None
+        if manifest.second_look is not None:
+            from .second_look import SecondLook
+
+            self.second_look = SecondLook(manifest.second_look)
 
     @property
     def patch_size(self) -> tuple:
