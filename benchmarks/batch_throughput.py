@@ -84,7 +84,7 @@ def describe(studies: list) -> str:
 
 
 def run_batch_command(inputs: Path, output: Path, extra: list, model) -> float:
-    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "batch", "--input", str(inputs), "--output",
+    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine", "batch", "--input", str(inputs), "--output",
                str(output), *extra]
     if model:
         command += ["--model", str(model)]

@@ -31,7 +31,7 @@ PET_SIZE, PET_SPACING = (200, 200, 700), (2.5, 2.5, 2.5)
 
 
 def cancel_once(ct: Path, pet: Path, out: Path, threads: int, into_inference: float, model) -> dict:
-    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "segment", "--ct", str(ct), "--pet", str(pet),
+    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine", "segment", "--ct", str(ct), "--pet", str(pet),
                "--out", str(out), "--threads", str(threads)]
     if model:
         command += ["--model", model]

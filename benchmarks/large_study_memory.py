@@ -89,7 +89,7 @@ def main() -> int:
             ct = build("ct", CT_SIZE, CT_SPACING, folder)
             pet = build("pet", PET_SIZE, PET_SPACING, folder)
             print(f"built the study in {time.perf_counter() - started:.0f} s ({folder})", flush=True)
-        command = [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "segment", "--ct", str(ct), "--pet",
+        command = [sys.executable, "-m", "VeloxSegSlicerLib.engine", "segment", "--ct", str(ct), "--pet",
                    str(pet), "--out", str(Path(scratch) / "lesions.nii.gz"), "--threads", "1"]
         if args.model:
             command += ["--model", args.model]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def lesions_only_manifest(manifest_path: Path, folder: Path) -> Path:
     """A copy of the manifest without the organ entries, naming the same .onnx by its absolute path."""
-    from VeloxSegSlicerLib.engine.manifest import ORGAN_KEYS
+    from VeloxSegSlicerLib.engine.inference.manifest import ORGAN_KEYS
 
     data = json.loads(manifest_path.read_text())
     if "organ_output" not in data:
@@ -58,7 +58,7 @@ def main() -> int:
     from wholebody_latency import build_study
 
     from VeloxSegSlicerLib.engine import load_model, read_image, read_pet_suv, segment_study
-    from VeloxSegSlicerLib.engine import organs as organs_module
+    from VeloxSegSlicerLib.engine.inference import organs as organs_module
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     folder = Path(args.keep or tempfile.mkdtemp(prefix="veloxseg-organs-"))

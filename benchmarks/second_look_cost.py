@@ -43,8 +43,8 @@ def manifests(model: Path, classifier, folder: Path) -> dict:
         import numpy as np
 
         from veloxseg_train.second_look import SECOND_LOOK_FORMAT, export_onnx
-        from VeloxSegSlicerLib.engine.candidates import FEATURE_NAMES
-        from VeloxSegSlicerLib.engine.manifest import file_sha256
+        from VeloxSegSlicerLib.engine.inference.candidates import FEATURE_NAMES
+        from VeloxSegSlicerLib.engine.inference.manifest import file_sha256
 
         rng = np.random.default_rng(0)
         width = len(FEATURE_NAMES)
@@ -81,7 +81,7 @@ def main() -> int:
     from wholebody_latency import build_study
 
     from VeloxSegSlicerLib.engine import load_model, read_image, read_pet_suv, segment_study
-    from VeloxSegSlicerLib.engine import second_look as second_look_module
+    from VeloxSegSlicerLib.engine.inference import second_look as second_look_module
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     folder = Path(args.keep or tempfile.mkdtemp(prefix="veloxseg-second-look-"))

@@ -171,9 +171,9 @@ def worker_plain(args) -> dict:
     import SimpleITK as sitk  # noqa: N813
     import torch
 
-    from VeloxSegSlicerLib.engine.manifest import load_manifest
-    from VeloxSegSlicerLib.engine.preprocess import normalize
-    from VeloxSegSlicerLib.engine.sliding_window import plan_windows
+    from VeloxSegSlicerLib.engine.inference.manifest import load_manifest
+    from VeloxSegSlicerLib.engine.inference.preprocess import normalize
+    from VeloxSegSlicerLib.engine.inference.sliding_window import plan_windows
 
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "VeloxSegSlicer" / "Resources" / "SampleData"
 sys.path.insert(0, str(REPO / "VeloxSegSlicer"))
 # The lesion table's rule, defined once in the engine: the demo lists what `veloxseg segment` lists.
-from VeloxSegSlicerLib.engine.pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX  # noqa: E402
+from VeloxSegSlicerLib.engine import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -60,7 +60,7 @@ def main(argv=None):
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen, no X server
     from VeloxSegSlicerLib import batch, rendering
     from VeloxSegSlicerLib.engine import VeloxSegError
-    from VeloxSegSlicerLib.engine.progress import plural
+    from VeloxSegSlicerLib.engine.errors import plural
     from VeloxSegSlicerLib.headless import HeadlessSlicer, loadVolume
     from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
 

@@ -111,7 +111,7 @@ def hot_voxel_pet(voxels, size, spacing, origin, seed=0) -> sitk.Image:
 def poll_like_a_batch_worker(events, cancel) -> None:
     """A stand-in `veloxseg batch --workers` process (spawn target): set up as a worker, then poll the
     cancel flag and report stages as fast as it can until cancelled."""
-    from VeloxSegSlicerLib.engine import batch_local
+    from VeloxSegSlicerLib.engine.cohort import batch_local
 
     batch_local.init_worker(events, cancel)
     while not batch_local.cancel_requested():

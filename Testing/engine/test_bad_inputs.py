@@ -20,8 +20,10 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from bad_inputs import CORPUS, CT_FILE, PET_FILE
 
-from VeloxSegSlicerLib.engine import InputError, cli, imageio, load_model, read_ct, read_pet_suv, segment_study
-from VeloxSegSlicerLib.engine.runtime import available_cores
+from VeloxSegSlicerLib.engine import InputError, load_model, read_ct, read_pet_suv, segment_study
+from VeloxSegSlicerLib.engine.cohort import cli
+from VeloxSegSlicerLib.engine.inference.runtime import available_cores
+from VeloxSegSlicerLib.engine.inputs import imageio
 
 ROOT = Path(__file__).resolve().parents[2]
 BY_NAME = {case.name: case for case in CORPUS}
@@ -60,7 +62,7 @@ def test_corpus_in_a_subprocess_prints_one_line(name, tmp_path, manifest_path):
     ct, pet = BY_NAME[name].build(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "VeloxSegSlicer"))
     process = subprocess.run(
-        [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "segment", "--ct", str(ct), "--pet", str(pet),
+        [sys.executable, "-m", "VeloxSegSlicerLib.engine", "segment", "--ct", str(ct), "--pet", str(pet),
          "--out", str(tmp_path / "out.nii.gz"), "--model", str(manifest_path)],
         capture_output=True, text=True, env=env, timeout=120,
     )

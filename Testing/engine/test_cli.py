@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import hot_voxel_pet, make_image, phantom
 
-from VeloxSegSlicerLib.engine import batch_study, cli
+from VeloxSegSlicerLib.engine.cohort import batch_study, cli
 from VeloxSegSlicerLib.engine.errors import InputError
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
@@ -417,7 +417,7 @@ def test_runtime_failure_writes_nothing(tmp_path, capsys, study, manifest_path, 
 
 def test_failure_while_writing_leaves_no_partial_output(tmp_path, capsys, study, manifest_path, monkeypatch):
     ct, pet, out = study
-    from VeloxSegSlicerLib.engine import outputs
+    from VeloxSegSlicerLib.engine.cohort import outputs
 
     def disk_full(lesions, path):
         raise OSError(28, "No space left on device")

@@ -22,8 +22,8 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import phantom, poll_like_a_batch_worker
 
-from VeloxSegSlicerLib.engine import batch_local, batch_study, cli
-from VeloxSegSlicerLib.engine.batch import run_batch
+from VeloxSegSlicerLib.engine.cohort import batch_local, batch_study, cli
+from VeloxSegSlicerLib.engine.cohort.batch import run_batch
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
 REPO = Path(__file__).resolve().parents[2]
@@ -202,7 +202,7 @@ def test_ctrl_c_on_the_command_line(cohort, tmp_path):
         shutil.copytree(cohort / "e_plain", big / name)
     output = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO / "VeloxSegSlicer"))
-    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine.cli", "batch", "--input", str(big), "--output",
+    command = [sys.executable, "-m", "VeloxSegSlicerLib.engine", "batch", "--input", str(big), "--output",
                str(output), "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                start_new_session=True)
@@ -393,7 +393,7 @@ def test_after_study_hook_and_cohort_progress(small_cohort, manifest_path, tmp_p
 
 
 _API_SCRIPT = """\
-from VeloxSegSlicerLib.engine.batch import run_batch
+from VeloxSegSlicerLib.engine import run_batch
 {body}
 """
 _CALL = """report = run_batch({inputs!r}, {output!r}, model={model!r}, workers=2)

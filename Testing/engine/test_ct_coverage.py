@@ -14,9 +14,10 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import phantom, physical_points, rotation
 
-from VeloxSegSlicerLib.engine import batch_study, cli, segment_study
-from VeloxSegSlicerLib.engine.batch import run_batch
-from VeloxSegSlicerLib.engine.coverage import _CtExtent, ct_coverage
+from VeloxSegSlicerLib.engine import segment_study
+from VeloxSegSlicerLib.engine.cohort import batch_study, cli
+from VeloxSegSlicerLib.engine.cohort.batch import run_batch
+from VeloxSegSlicerLib.engine.inference.coverage import _CtExtent, ct_coverage
 
 PET_GRID = {"size": (60, 60, 80), "spacing": (3.0, 3.0, 3.0), "origin": (-90.0, -90.0, -120.0)}  # z -120..117
 INSIDE = ((10.0, 0.0, 60.0), 12.0, 9.0)  # well inside the CT

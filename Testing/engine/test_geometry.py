@@ -155,7 +155,7 @@ def test_progress_reports_all_stages_in_order(model):
 
 def test_slab_wise_mapping_gives_the_same_labels(model, monkeypatch):
     """Large lesions are carried to fine grids slab by slab to bound memory; the result must not change."""
-    from VeloxSegSlicerLib.engine.postprocess import LesionMapper
+    from VeloxSegSlicerLib.engine.inference.postprocess import LesionMapper
 
     pet_grid, ct_grid = CASES["oblique_anisotropic_ct"]
     pet = phantom([(CENTRE, RADIUS, SUV)], kind="PET", **pet_grid)
@@ -202,7 +202,7 @@ def test_one_pet_voxel_lesion_is_on_a_finer_ct_grid(model, suv):
 def test_lesion_outside_the_ct_field_of_view_is_reported_as_such(model):
     """The model grid reaches beyond the CT where the PET does (network context): a lesion found there has
     PET statistics but cannot be on the CT label, and the result says so."""
-    from VeloxSegSlicerLib.engine.postprocess import OUTSIDE_CT
+    from VeloxSegSlicerLib.engine.inference.postprocess import OUTSIDE_CT
 
     pet, centres = _pet_with_hot_voxels({(20, 20, 15): 9.0, (20, 2, 15): 12.0})
     # CT: the PET's field of view less its first 8 rows in y, i.e. it ends 11 mm short of the hot voxel
@@ -239,8 +239,8 @@ def test_min_suv_max_drops_lesions_below_it_and_keeps_ids_consecutive(model):
 
 
 def test_label_maps_min_suv_max_on_a_hand_made_logit_map():
-    from VeloxSegSlicerLib.engine.postprocess import label_maps
-    from VeloxSegSlicerLib.engine.preprocess import Grid
+    from VeloxSegSlicerLib.engine.inference.postprocess import label_maps
+    from VeloxSegSlicerLib.engine.inference.preprocess import Grid
 
     shape = (12, 14, 16)  # z, y, x
     logit = np.full(shape, -5.0, np.float32)

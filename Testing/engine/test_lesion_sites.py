@@ -19,11 +19,12 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import PATCH, THRESHOLD, build_threshold_onnx, phantom, physical_points, write_manifest
 
-from VeloxSegSlicerLib.engine import ModelError, cli, load_model, segment_study
-from VeloxSegSlicerLib.engine.batch import SUMMARY_COLUMNS
-from VeloxSegSlicerLib.engine.manifest import load_manifest
-from VeloxSegSlicerLib.engine.organs import OrganMap, OrganVotes, site_counts, sites_text
-from VeloxSegSlicerLib.engine.outputs import STATS_COLUMNS
+from VeloxSegSlicerLib.engine import ModelError, load_model, segment_study
+from VeloxSegSlicerLib.engine.cohort import cli
+from VeloxSegSlicerLib.engine.cohort.batch import SUMMARY_COLUMNS
+from VeloxSegSlicerLib.engine.cohort.outputs import STATS_COLUMNS
+from VeloxSegSlicerLib.engine.inference.manifest import load_manifest
+from VeloxSegSlicerLib.engine.inference.organs import OrganMap, OrganVotes, site_counts, sites_text
 
 BANDS = [hu for _, _, hu in onnx_models.ORGAN_BANDS]
 CODE = {name: code for code, (name, _, _) in enumerate(onnx_models.ORGAN_BANDS)}

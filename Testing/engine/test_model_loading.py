@@ -11,7 +11,7 @@ from engine_helpers import build_threshold_onnx, write_manifest
 
 from VeloxSegSlicerLib.engine import ModelError, load_model
 from VeloxSegSlicerLib.engine.errors import InputError
-from VeloxSegSlicerLib.engine.manifest import default_manifest_path, load_manifest
+from VeloxSegSlicerLib.engine.inference.manifest import default_manifest_path, load_manifest
 
 
 @pytest.fixture()

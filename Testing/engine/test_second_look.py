@@ -21,10 +21,10 @@ import SimpleITK as sitk  # noqa: N813
 from engine_helpers import THRESHOLD, build_threshold_onnx, phantom, write_manifest
 
 from VeloxSegSlicerLib.engine import ModelError, SegmentOptions, load_model, segment_study
-from VeloxSegSlicerLib.engine.candidates import FEATURE_NAMES, candidate_features
-from VeloxSegSlicerLib.engine.manifest import load_manifest
-from VeloxSegSlicerLib.engine.preprocess import Grid
-from VeloxSegSlicerLib.engine.statistics import sphere_offsets
+from VeloxSegSlicerLib.engine.inference.candidates import FEATURE_NAMES, candidate_features
+from VeloxSegSlicerLib.engine.inference.manifest import load_manifest
+from VeloxSegSlicerLib.engine.inference.preprocess import Grid
+from VeloxSegSlicerLib.engine.inference.statistics import sphere_offsets
 
 GRID = {"size": (50, 50, 40), "spacing": (4.0, 4.0, 4.0), "origin": (-98.0, -98.0, -78.0)}
 SPHERES = {  # name -> (centre LPS mm, radius mm, SUV, CT HU)

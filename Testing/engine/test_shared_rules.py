@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from VeloxSegSlicerLib.engine import checks, preprocess
 from VeloxSegSlicerLib.engine.errors import InputError
+from VeloxSegSlicerLib.engine.inference import preprocess
+from VeloxSegSlicerLib.engine.inputs import checks
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("VeloxSegSlicer", "Training/veloxseg_train", "scripts", "benchmarks")

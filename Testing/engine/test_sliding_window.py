@@ -7,7 +7,7 @@ import pytest
 from engine_helpers import PATCH, THRESHOLD
 
 from VeloxSegSlicerLib.engine import Cancelled, load_model
-from VeloxSegSlicerLib.engine.sliding_window import (
+from VeloxSegSlicerLib.engine.inference.sliding_window import (
     NOT_COVERED,
     gaussian_importance,
     sliding_window_logit_diff,

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from engine_helpers import make_image, physical_points, rotation
 
-from VeloxSegSlicerLib.engine.statistics import PEAK_RADIUS_MM, lesion_statistics, study_totals
+from VeloxSegSlicerLib.engine.inference.statistics import PEAK_RADIUS_MM, lesion_statistics, study_totals
 
 
 def test_peak_radius_is_one_cubic_centimetre():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from VeloxSegSlicerLib.engine.errors import InputError
-from VeloxSegSlicerLib.engine.study_inputs import find_study_inputs, matches_by_name, role_of, study_candidates
+from VeloxSegSlicerLib.engine.inputs.study_inputs import find_study_inputs, matches_by_name, role_of, study_candidates
 
 REPO = Path(__file__).resolve().parents[2]
 # shared/ inside the checkout (a copy) or beside it (docs/training.md: ../shared); a skip names the latter

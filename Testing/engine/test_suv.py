@@ -14,7 +14,7 @@ from engine_dicom import write_pet_series
 from engine_helpers import make_image
 
 from VeloxSegSlicerLib.engine import InputError, read_pet_suv
-from VeloxSegSlicerLib.engine.suv import SuvHeader, parse_time, suv_factor
+from VeloxSegSlicerLib.engine.inputs.suv import SuvHeader, parse_time, suv_factor
 
 REPO = Path(__file__).resolve().parents[2]
 # the IBSI data beside the checkout (shared/ inside it, or next to it), as the training tests look for it

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 
-from VeloxSegSlicerLib.engine import batch_study, cli
-from VeloxSegSlicerLib.engine.batch import run_batch
+from VeloxSegSlicerLib.engine.cohort import batch_study, cli
+from VeloxSegSlicerLib.engine.cohort.batch import run_batch
 
 SMALL_STUDY = Path(__file__).resolve().parents[1] / "Data" / "small_study"
 STUDIES = ("a_linked_files", "b_linked_folder", "c_linked_subfolder")

@@ -12,8 +12,9 @@ from mrml_study import make_ct, make_pet, scene_snapshot
 from vtk.util import numpy_support
 
 from VeloxSegSlicerLib import batch
-from VeloxSegSlicerLib.engine import Cancelled, InputError, cli
-from VeloxSegSlicerLib.engine.batch import SUMMARY_COLUMNS
+from VeloxSegSlicerLib.engine import Cancelled, InputError
+from VeloxSegSlicerLib.engine.cohort import cli
+from VeloxSegSlicerLib.engine.cohort.batch import SUMMARY_COLUMNS
 
 GOOD = ("case_a", "case_b")
 # the engine's own columns: what neither the CLI nor the Logic can choose (time, worker, free text)
@@ -180,7 +181,7 @@ def test_segment_folder_without_studies(app, logic, tmp_path):
 def test_engine_batch_api_with_worker_processes_beside_slicer(app, tiny_model, cohort, tmp_path):
     """The console's cohort API (docs/slicer.md): the engine's run_batch with two worker processes, from the
     Python that has `slicer` loaded; the scene untouched."""
-    from VeloxSegSlicerLib.engine.batch import run_batch
+    from VeloxSegSlicerLib.engine import run_batch
 
     snapshot = scene_snapshot(app.scene)
     report = run_batch(str(cohort), str(tmp_path / "out"), model=str(tiny_model), workers=2, show_progress=False)

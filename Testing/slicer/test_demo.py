@@ -70,7 +70,8 @@ def _demo_module():
 
 def test_demo_lists_lesions_by_the_cli_rule(tiny_model, tmp_path, monkeypatch):
     """The demo's lesion table follows the rule of `veloxseg segment` (it listed everything from 0 mL before)."""
-    from VeloxSegSlicerLib.engine import VeloxSegError, cli
+    from VeloxSegSlicerLib.engine import VeloxSegError
+    from VeloxSegSlicerLib.engine.cohort import cli
     from VeloxSegSlicerLib.logic import VeloxSegSlicerLogic
 
     demo = _demo_module()

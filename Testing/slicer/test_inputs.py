@@ -8,7 +8,9 @@ import slicer
 from mrml_study import add_study, make_ct, make_pet, scene_snapshot
 
 from VeloxSegSlicerLib import inputs, mrml_io
-from VeloxSegSlicerLib.engine import InputError, checks, preprocess
+from VeloxSegSlicerLib.engine import InputError
+from VeloxSegSlicerLib.engine.inference import preprocess
+from VeloxSegSlicerLib.engine.inputs import checks
 
 
 def _units(node, code_value, meaning):

@@ -12,8 +12,8 @@ from scipy import ndimage
 from veloxseg_train.data.synth_dataset import generate_dataset, is_lesion_free
 from veloxseg_train.data.synthetic import PhantomConfig, generate_case
 from veloxseg_train.data.validate import same_grid
-from VeloxSegSlicerLib.engine.checks import pet_in_ct_fraction
-from VeloxSegSlicerLib.engine.preprocess import field_of_view
+from VeloxSegSlicerLib.engine.inference.preprocess import field_of_view
+from VeloxSegSlicerLib.engine.inputs.checks import pet_in_ct_fraction
 
 # A coarse grid keeps most tests fast; one test uses the default (full-resolution) phantom.
 COARSE = PhantomConfig(pet_spacing_mm=(4.0, 4.0, 4.0), ct_spacing_mm=(3.0, 3.0))

@@ -21,8 +21,8 @@ from engine_helpers import build_threshold_onnx, write_manifest  # noqa: E402
 from veloxseg_train import second_look as sl  # noqa: E402
 from veloxseg_train.cli import main  # noqa: E402
 from VeloxSegSlicerLib.engine import SegmentOptions, load_model, segment_study  # noqa: E402
-from VeloxSegSlicerLib.engine.candidates import FEATURE_NAMES  # noqa: E402
-from VeloxSegSlicerLib.engine.manifest import file_sha256, load_manifest  # noqa: E402
+from VeloxSegSlicerLib.engine.inference.candidates import FEATURE_NAMES  # noqa: E402
+from VeloxSegSlicerLib.engine.inference.manifest import file_sha256, load_manifest  # noqa: E402
 
 
 @pytest.fixture()
@@ -122,8 +122,8 @@ def test_the_classifier_round_trip_on_a_separable_table(tmp_path, threshold_mode
     assert meta["training"]["cv_auc"] > 0.99 and meta["training"]["cv_folds"] == 3
     assert meta["training"]["cv_at_threshold"]["positives_kept"] >= 0.95
     # the engine's runtime scores the same table as the trained network
-    from VeloxSegSlicerLib.engine.manifest import _second_look
-    from VeloxSegSlicerLib.engine.second_look import SecondLook
+    from VeloxSegSlicerLib.engine.inference.manifest import _second_look
+    from VeloxSegSlicerLib.engine.inference.second_look import SecondLook
 
     manifest = _second_look(tmp_path / "cls" / "model.json", {"second_look": "second_look.json"}, 0.0)
     assert manifest.organ_names == ("liver",) and manifest.score_threshold == meta["score_threshold"]

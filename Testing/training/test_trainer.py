@@ -64,7 +64,7 @@ def test_hot_threshold_is_the_engines_normalisation_of_the_suv():
     which made the volumes, so a voxel of exactly that SUV compares equal to it (and clipping matches)."""
     from types import SimpleNamespace
 
-    from VeloxSegSlicerLib.engine.preprocess import normalize
+    from VeloxSegSlicerLib.engine.inference.preprocess import normalize
 
     params = {"clip_low": 0.0, "clip_high": 30.0, "mean": 0.79686, "std": 1.46814}
     trainer = SimpleNamespace(dataset=SimpleNamespace(normalization={"PET": params}))

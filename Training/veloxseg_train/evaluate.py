@@ -69,7 +69,7 @@ class TorchModel:
                  spacing_xyz_mm: Optional[Sequence[float]] = None):
         import torch
 
-        from VeloxSegSlicerLib.engine.manifest import Manifest
+        from VeloxSegSlicerLib.engine import Manifest
 
         from .checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -302,20 +302,21 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
         seconds = time.perf_counter() - started
         reported = {}
         masks = {}
+        sites = {}  # per model method: the site agreement of the lesions its rule keeps
+        organs = on_grid(case.organs, case.label, 0, nearest=True) if case.organs is not None else None
         for rule in [TableRule(min_lesion_ml, min_suv_max), *rules]:
             name = "model" if not masks else rule.name
             masks[name], reported[name] = apply_rule(ids, lesions, rule)
+            sites[name] = site_agreement(np.where(masks[name], ids, 0), lesions, truth, organs)
         pet = on_grid(case.pet, case.label, 0.0)
         ct = on_grid(case.ct, case.label, -1000.0)
         masks.update(threshold_baselines(pet, ct))
-        organs = on_grid(case.organs, case.label, 0, nearest=True) if case.organs is not None else None
-        sites = site_agreement(ids, lesions, truth, organs)
         for method, mask in masks.items():
             row = {"case": case.name, "source": case.source, "method": method,
                    **case_metrics(mask, truth, spacing_zyx)}
             row["reported_lesions"] = reported.get(method, row["pred_components"])
             row["seconds"] = seconds if method == "model" else ""
-            row.update(sites if method == "model" else {"site_correct": "", "site_judged": ""})
+            row.update(sites.get(method, {"site_correct": "", "site_judged": ""}))
             rows.append(row)
         model_row = rows[-len(masks)]
         log(f"{case.name} ({case.source}): Dice {model_row['dice']:.3f}, FP {model_row['fp_volume_ml']:.2f} mL, "

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from VeloxSegSlicerLib.engine.manifest import file_sha256
+from VeloxSegSlicerLib.engine import file_sha256
 
 from .model import VeloxSeg
 from .model.export_rewrites import rewrite_for_export

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from VeloxSegSlicerLib.engine.sliding_window import sliding_window_logit_diff
+from VeloxSegSlicerLib.engine import sliding_window_logit_diff
 
 from .training_data import VolumeStore
 

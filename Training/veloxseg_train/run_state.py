@@ -15,7 +15,9 @@ mines afresh at its next mining round. The continuation is close to, not exactly
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -44,6 +46,19 @@ def is_compact(state: dict) -> bool:
 def rewarm_factor(steps_since_resume: int) -> float:
     """LR multiplier for the n-th step (0-based) after resuming from a compact state."""
     return min(1.0, (steps_since_resume + 1) / REWARM_STEPS)
+
+
+@contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, scale: float) -> Iterator[None]:
+    """The optimiser's learning rates times `scale` inside the block (the re-warm ramp), the scheduler's own
+    values again after it: the scheduler never sees the ramp."""
+    if scale < 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+    yield
+    if scale < 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] /= scale
 
 
 def compact_file(source: Path, target: Path) -> Path:

@@ -8,7 +8,7 @@
                   lesion-free cases
   (ties: the threshold nearest 0). The default penalty, 0.01 per mL, prices the issue's limit of 10 mL per
   lesion-free study at 0.1 Dice: a threshold that buys Dice with false positives on healthy studies loses.
-- `collect_candidates`: per case the candidates of the engine's own feature extraction (engine/candidates.py)
+- `collect_candidates`: per case the candidates of the engine's own feature extraction (engine/inference/candidates.py)
   at a candidate threshold, each labelled positive when it holds a true lesion voxel and either at least
   `min_fraction` (10 %) of its voxels are lesion or it holds at least half of one true lesion (so a large
   physiological region that merely touches a lesion is negative, and a lesion found as part of a larger
@@ -18,7 +18,7 @@
   pooled out-of-fold scores; the score threshold keeps `min_recall` of the positive candidates out of fold
   (midway to the next negative, see score_threshold_for). The final model (all data) is written as a
   hand-built ONNX graph (Gemm, Relu, Sigmoid), checked against PyTorch with onnxruntime, with its manifest
-  (engine/manifest.py validates it).
+  (engine/inference/manifest.py validates it).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def calibrate(model_path, cases_dir, out_dir, split: Optional[str] = "val", devi
 def update_manifest(manifest_path, entries: dict, remove: Sequence[str] = ()) -> None:
     """Set entries in a model manifest (never its ONNX file), validated by the engine before it replaces
     the manifest (a threshold below the second look's candidate threshold, say, leaves it untouched)."""
-    from VeloxSegSlicerLib.engine.manifest import load_manifest, verify_model_file
+    from VeloxSegSlicerLib.engine import load_manifest, verify_model_file
 
     path = Path(manifest_path)
     if path.suffix != ".json" or not path.is_file():
@@ -237,7 +237,7 @@ def collect_candidates(model_path, cases_dir, out_csv, split: Optional[str] = "t
                        candidate_probability: float = 0.25, device: str = "cpu", threads: int = 0,
                        min_fraction: float = MIN_FRACTION, log=print) -> dict:
     """Write one row per candidate (case, features, label) to out_csv and its description to out_csv.json."""
-    from VeloxSegSlicerLib.engine.candidates import candidate_features
+    from VeloxSegSlicerLib.engine import candidate_features
 
     threshold = logit(candidate_probability)
     rows, names, model_info = [], None, {}
@@ -423,7 +423,7 @@ def train_classifier(csv_paths: Sequence, out_onnx, hidden: int = 16, folds: int
     it in that model manifest). -> the classifier's manifest."""
     import onnxruntime
 
-    from VeloxSegSlicerLib.engine.manifest import file_sha256
+    from VeloxSegSlicerLib.engine import file_sha256
 
     tables = [read_table(p) for p in csv_paths]
     descriptions = [t[3] for t in tables]

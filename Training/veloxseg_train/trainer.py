@@ -1,15 +1,12 @@
-"""The SDKT training loop: data, steps, schedule, validation, logs, checkpoints, resume, DDP.
+"""The SDKT training loop: set-up, steps, schedule, validation, logs, stopping, DDP.
 
 One `Trainer` runs one process of a run. Under `torchrun` (WORLD_SIZE > 1) every process builds the same
 model, takes its own share of the volumes each step (global batch = processes x volumes_per_step x
 crops_per_volume), gradients are averaged by DistributedDataParallel, and rank 0 alone writes logs, plots and
 checkpoints.
 
-Exact resume: a checkpoint holds the model, optimiser, LR scheduler and GradScaler states, the position
-(epoch, step within the epoch, global step), the running sums of the current epoch, the best validation
-result, and the RNG states of python, numpy (global and the sampler's Generator), torch and CUDA of every
-process. The volume order of an epoch is a function of (seed, epoch) only, so a resumed run recomputes it
-and continues with the step it stopped before: the same batches, the same dropout masks, the same updates.
+What a step trains on is crop_choice.py's job; what a checkpoint holds and how a run resumes exactly (the
+same batches, dropout masks and updates as the uninterrupted run) is run_checkpoint.py's.
 
 Stopping: Ctrl-C (SIGINT) or SIGTERM, or the wall-clock budget, stops the run after the step in flight and
 saves checkpoints/last.pt (a second Ctrl-C aborts at once without saving). All processes agree on the stop
@@ -24,16 +21,14 @@ that quirk is not reproduced.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +39,14 @@ import torch
 import torch.distributed as dist
 
 from . import augment
-from .checkpoint import load_checkpoint, save_checkpoint
+from .crop_choice import CropChooser
 from .data.organs import ORGAN_NAMES
 from .losses import LossParts, SDKTLoss
 from .mining import HardNegativePool, mine_volumes, pick_volumes
 from .model import VeloxSeg, VeloxSegConfig
 from .plots import plot_run
-from .run_state import REWARM_STEPS, is_compact, rewarm_factor
+from .run_checkpoint import TrainingError, load_initial_weights, resume, save_checkpoints
+from .run_state import rewarm_factor, scaled_lr
 from .sampling import CropSampler, epoch_plan
 from .train_config import TrainConfig, dump_toml
 from .training_data import VolumeStore, read_dataset
@@ -61,13 +57,8 @@ LOG_PARTS = ["loss", "seg", "ce", "dice", "recon", "sdkt", "organ"]  # PART_NAME
 STEP_COLUMNS = ["global_step", "epoch", "lr", *LOG_PARTS, "seconds"]
 VAL_KEYS = ["dice", "dice_pos", "hd95_mm", "precision", "recall", "fp_volume_ml", "fn_volume_ml"]
 PLOT_INTERVAL_S = 300.0
-ORGAN_HEAD_PREFIX = "seg_decoder.organ_head."
 EPOCH_COLUMNS = (["epoch", "global_step", "lr", *LOG_PARTS, "patches_per_s", "epoch_seconds"]
                  + [f"val_{k}" for k in VAL_KEYS])
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (diverged, wrong device, inconsistent resume); the message says why."""
 
 
 class WarmupCosine:
@@ -119,7 +110,7 @@ def build_model(config: TrainConfig) -> VeloxSeg:
     return VeloxSeg(VeloxSegConfig.from_dict(values))
 
 
-# --------------------------------------------------------------------------- process group and RNG
+# --------------------------------------------------------------------------- process group
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -142,53 +133,6 @@ def setup_distributed(use_cuda: bool) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return info
-
-
-def capture_rng(generator: np.random.Generator) -> dict:
-    """RNG states as tensors and plain containers (loadable with torch.load(weights_only=True))."""
-    version, mt_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(mt_state), gauss],
-        "numpy_global": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "numpy_generator": generator.bit_generator.state,
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-    }
-
-
-def restore_rng(state: dict, generator: np.random.Generator) -> None:
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy_global"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    generator.bit_generator.state = state["numpy_generator"]
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- lazy loading
-class Prefetcher:
-    """Loads the volumes of the next steps in background threads (only when volumes are not cached)."""
-
-    def __init__(self, store: VolumeStore, workers: int):
-        self.store = store
-        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="veloxseg-load")
-        self.pending: Dict[int, deque] = {}
-
-    def schedule(self, indices: List[int]) -> None:
-        for index in indices:
-            self.pending.setdefault(index, deque()).append(self.pool.submit(self.store.__getitem__, index))
-
-    def get(self, index: int):
-        queue = self.pending.get(index)
-        if queue:
-            return queue.popleft().result()
-        return self.store[index]
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -292,27 +236,28 @@ class Trainer:
         if organs and organs != len(ORGAN_NAMES):
             raise TrainingError(f"n_organs is {organs}, but the organ maps have {len(ORGAN_NAMES)} classes "
                                 f"({', '.join(ORGAN_NAMES)})")
-        self.train_store = VolumeStore(self.dataset, train_cases, config.patch_size, config.cache_volumes,
-                                       config.body_ct_threshold_hu, with_organs=organs > 0)
+        store = functools.partial(VolumeStore, self.dataset, patch_size=config.patch_size,
+                                  cache=config.cache_volumes, body_ct_threshold_hu=config.body_ct_threshold_hu)
+        self.train_store = store(train_cases, with_organs=organs > 0)
         val_cases = self.dataset.split(config.val_split) if config.val_split else []
         if config.val_max_volumes:
             val_cases = val_cases[: config.val_max_volumes]
-        self.val_store = (VolumeStore(self.dataset, val_cases, config.patch_size, config.cache_volumes,
-                                      config.body_ct_threshold_hu) if val_cases else None)
+        self.val_store = store(val_cases) if val_cases else None
         self.val_items = (plan_items(self.val_store, config.val_mode, config.val_crops_per_volume,
                                      config.patch_size, config.seed, config.centre_jitter)
                           if self.val_store else [])
         if not self.val_items:
             self.log("No validation cases: validation metrics and best.pt are skipped.")
-        self.sampler = CropSampler(config.patch_size, config.lesion_ratio, config.background_ratio,
-                                   hard_negative_fraction=config.hard_negative_fraction,
-                                   hot_threshold=self._normalised_pet(config.hard_negative_suv),
-                                   centre_jitter=config.centre_jitter)
-        self.augment = augment.AugmentSettings.from_config(config, self.dataset.normalization)
+        sampler = CropSampler(config.patch_size, config.lesion_ratio, config.background_ratio,
+                              hard_negative_fraction=config.hard_negative_fraction,
+                              hot_threshold=self._normalised_pet(config.hard_negative_suv),
+                              centre_jitter=config.centre_jitter)
         self.steps_per_epoch = len(epoch_plan(len(self.train_store), 0, config.seed, config.volumes_per_step,
                                               config.steps_per_epoch, 0, self.dist.world_size))
-        self.prefetcher = None if config.cache_volumes else Prefetcher(self.train_store, workers=2)
         self.mined = HardNegativePool()
+        self.crop_chooser = CropChooser(config, self.train_store, sampler, self.mined,
+                                        augment.AugmentSettings.from_config(config, self.dataset.normalization),
+                                        self.device, self.memory_format)
 
         # Optimisation
         self.net = self.model
@@ -338,147 +283,20 @@ class Trainer:
         self.rewarm_from: Optional[int] = None  # global step of a resume from a compact state (LR re-warm)
         self.bad_steps = 0
         if self.resume_path:
-            self._resume(self.resume_path)
+            resume(self, self.resume_path)
         elif config.init_weights:
-            self._load_initial_weights(Path(config.init_weights))
+            load_initial_weights(self.model, Path(config.init_weights), self.dataset.normalization, self.data_dir,
+                                 self.log)
         self.is_set_up = True
 
     def _normalised_pet(self, suv: float) -> float:
         """An SUV expressed in the normalised PET channel of the prepared data: the engine's formula, which
         normalised the volumes, so a voxel of exactly this SUV compares equal to the threshold."""
-        from VeloxSegSlicerLib.engine.preprocess import normalize
+        from VeloxSegSlicerLib.engine import normalize
 
         return float(normalize(np.array([suv], dtype=np.float32), self.dataset.normalization["PET"])[0])
 
-    def _load_initial_weights(self, path: Path) -> None:
-        """Start from earlier weights (a second stage of a run): model only, fresh optimiser and schedule."""
-        payload = load_checkpoint(path)
-        if payload.get("normalization") != self.dataset.normalization:
-            raise TrainingError(f"init_weights {path} was trained with normalisation {payload.get('normalization')}"
-                                f", but {self.data_dir} has {self.dataset.normalization}; use weights trained on "
-                                "the same prepared data")
-        result = self.model.load_state_dict(payload["state_dict"], strict=False)
-        # A model without an organ head may seed one with it: the new head starts from its initialisation.
-        new_head = [k for k in result.missing_keys if k.startswith(ORGAN_HEAD_PREFIX)]
-        missing = sorted(set(result.missing_keys) - set(new_head))
-        if missing or result.unexpected_keys:
-            raise TrainingError(f"init_weights {path} does not fit this model: missing {missing}"
-                                f", unexpected {sorted(result.unexpected_keys)}")
-        if new_head:
-            self.log(f"init_weights {path} has no organ head; it starts from its initialisation.")
-        steps = payload.get("extra", {}).get("steps")
-        self.log(f"Initial weights from {path}" + (f" (trained {steps} steps)" if steps is not None else "") + ".")
-
-    def _resume(self, path: Path) -> None:
-        payload = load_checkpoint(path)
-        state = payload.get("extra", {}).get("training_state")
-        if state is None:
-            raise TrainingError(f"{path} has no training state (a weights-only checkpoint cannot be resumed)")
-        if payload.get("normalization") != self.dataset.normalization:
-            raise TrainingError(f"{path} was trained with normalisation {payload.get('normalization')}, but "
-                                f"{self.data_dir} has {self.dataset.normalization}; resume on the same data")
-        stored_cases = payload["extra"].get("train_cases")
-        names = [c.name for c in self.train_store.cases]
-        if stored_cases is not None and stored_cases != names:
-            self.log("Warning: the training cases differ from the checkpoint's; the continuation is not exact.")
-        compact = is_compact(state)
-        self.model.load_state_dict(payload["state_dict"])  # a compact state's float16 weights are cast back
-        if compact:  # fresh AdamW moments: the LR ramps up again over the first steps (run_state.py)
-            self.rewarm_from = int(state["global_step"])
-        else:
-            self.optimizer.load_state_dict(state["optimizer"])
-        fresh = dict(self.scheduler.lr_lambdas[0].__dict__)
-        self.scheduler.load_state_dict(state["scheduler"])
-        factor = self.scheduler.lr_lambdas[0]
-        if compact:  # the optimiser's groups still hold the start LR: put them at the schedule's position
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * factor(self.scheduler.last_epoch)
-        if factor.__dict__ != fresh:
-            # The recipe's length or LR changed (e.g. --epochs to extend a run): follow the new schedule
-            # from here on instead of the checkpoint's, and say so, since the LR curve bends at this point.
-            factor.__dict__.update(fresh)
-            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-                group["lr"] = base * factor(self.scheduler.last_epoch)
-            self.log("Note: the LR schedule differs from the checkpoint's; continuing on the new one.")
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.global_step = int(state["global_step"])
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = int(state["best_epoch"])
-        self.last_val = dict(state.get("last_val", {}))
-        sums = [float(v) for v in state["epoch_sums"]]
-        if len(sums) < len(PART_NAMES) + 2:  # a checkpoint from before the organ loss part: no organ sum
-            sums = sums[:-2] + [0.0] * (len(PART_NAMES) + 2 - len(sums)) + sums[-2:]
-        self.epoch_sums = sums
-        self.mined.load_state_dict(state.get("mined", {}))  # a compact state has none: mined afresh
-        self.elapsed_before = float(state.get("elapsed_seconds", 0.0))
-        rng_states = state["rng"]
-        if len(rng_states) == self.dist.world_size:
-            restore_rng(rng_states[self.dist.rank], self.rng)
-        else:
-            self.log(f"Warning: checkpoint has RNG states of {len(rng_states)} processes, this run has "
-                     f"{self.dist.world_size}; re-seeding from the step number (not an exact continuation).")
-            seed = self.config.seed + self.dist.rank + self.global_step
-            random.seed(seed)
-            self.rng = np.random.default_rng([self.config.seed, self.dist.rank, self.global_step])
-            torch.manual_seed(seed)
-        self.log(f"Resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch} of the epoch, "
-                 f"global step {self.global_step}" + (" (compact state: fresh optimiser moments, the LR ramps "
-                                                      f"up over {REWARM_STEPS} steps)." if compact else "."))
-
-    # ----------------------------------------------------------------- checkpoints and logs
-    def training_state(self) -> dict:
-        rng = capture_rng(self.rng)
-        if self.dist.world_size > 1:
-            gathered: List[Optional[dict]] = [None] * self.dist.world_size
-            dist.all_gather_object(gathered, rng)
-            rng_states = gathered
-        else:
-            rng_states = [rng]
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "last_val": dict(self.last_val),
-            "epoch_sums": list(self.epoch_sums),
-            "elapsed_seconds": self.elapsed(),
-            "rng": rng_states,
-            "world_size": self.dist.world_size,
-            "mined": self.mined.state_dict(),
-        }
-
-    def save(self, names: List[str]) -> None:
-        """Write checkpoints/<names[0]> and copy it to the other names (collective: call on all ranks)."""
-        state = self.training_state()
-        if not self.dist.is_main:
-            return
-        n_val = len(self.val_store) if self.val_store else 0
-        extra = {
-            "training_state": state,
-            "config": self.config.to_dict(),
-            "seed": self.config.seed,
-            "epochs": self.epoch,
-            "steps": self.global_step,
-            "val": dict(self.last_val),
-            "data": f"prepared data set {self.data_dir}: {len(self.train_store)} training and {n_val} "
-                    f"validation cases",
-            "spacing_xyz_mm": list(self.dataset.spacing_xyz_mm),  # the model grid the weights expect
-            "train_cases": [c.name for c in self.train_store.cases],
-        }
-        folder = self.out_dir / "checkpoints"
-        first = save_checkpoint(folder / names[0], self.model, self.dataset.normalization, extra)
-        for name in names[1:]:
-            tmp = folder / (name + ".tmp")
-            shutil.copyfile(first, tmp)
-            tmp.replace(folder / name)
-
+    # ----------------------------------------------------------------- time and logs
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.start_time
 
@@ -507,31 +325,7 @@ class Trainer:
                 writer.writeheader()
                 writer.writerows(rows)
 
-    # ----------------------------------------------------------------- one step
-    def _crops(self, index: int):
-        """The crops of one planned volume; with mining on, each may instead come from a mined false positive."""
-        volume = self.prefetcher.get(index) if self.prefetcher else self.train_store[index]
-        if not self.config.mine_every:
-            return [(image, label) for image, label, _ in
-                    self.sampler.sample(volume, self.config.crops_per_volume, self.rng)]
-        crops = []
-        for _ in range(self.config.crops_per_volume):
-            mined = self.mined.draw(self.rng) if self.rng.random() < self.config.mine_fraction and \
-                len(self.mined) else None
-            source = self.train_store[mined[0]] if mined is not None else None
-            if source is not None and mined[1] >= int(np.prod(source.shape)):
-                # A pool restored from a checkpoint of other (regenerated) data: its voxel lies outside this
-                # volume's grid. Forget that volume; the next mining round records it afresh.
-                self.mined.forget(mined[0])
-                source = None
-            if source is not None:
-                centre = tuple(int(i) for i in np.unravel_index(mined[1], source.shape))
-                crops.append(self.sampler.crop(source, self.sampler.jittered(centre, self.rng)))
-            else:
-                image, label, _ = self.sampler.sample(volume, 1, self.rng)[0]
-                crops.append((image, label))
-        return crops
-
+    # ----------------------------------------------------------------- steps and mining rounds
     def mine(self) -> None:
         """A mining round (see mining.py): false positives of the current model on a few training volumes."""
         indices = pick_volumes(len(self.train_store), self.config.mine_volumes, self.config.seed, self.global_step,
@@ -542,17 +336,8 @@ class Trainer:
         self.log(f"step {self.global_step}: mined {text}; pool {len(self.mined)} volumes")
 
     def make_batch(self, indices: List[int]):
-        """Crops (and their augmentation) of the given volumes, as device tensors."""
-        images, labels = [], []
-        for index in indices:
-            for image, label in self._crops(index):
-                params = augment.draw_params(self.augment, self.rng)
-                image_t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
-                label_t = torch.from_numpy(np.ascontiguousarray(label)).to(self.device, non_blocking=True)
-                image_t, label_t = augment.apply(image_t, label_t, params)
-                images.append(image_t)
-                labels.append(label_t)
-        return torch.stack(images).contiguous(memory_format=self.memory_format), torch.stack(labels)
+        """Crops (and their augmentation) of the given volumes, as device tensors (crop_choice.py)."""
+        return self.crop_chooser.batch(indices, self.rng)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns the loss parts (detached, float32)."""
@@ -565,13 +350,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         scale = 1.0 if self.rewarm_from is None else rewarm_factor(self.global_step - self.rewarm_from)
-        if scale < 1.0:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= scale
-        self.scaler.step(self.optimizer)
-        if scale < 1.0:  # the scheduler's own value again; it never sees the ramp
-            for group in self.optimizer.param_groups:
-                group["lr"] /= scale
+        with scaled_lr(self.optimizer, scale):
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         return torch.stack([p.detach().float() for p in parts])
 
@@ -604,8 +384,7 @@ class Trainer:
             try:
                 status = self._loop()
             finally:
-                if self.prefetcher:
-                    self.prefetcher.close()
+                self.crop_chooser.close()
         if self.dist.world_size > 1 and dist.is_initialized():
             dist.barrier()  # rank 0 may still be writing; leave together
         summary = {
@@ -640,7 +419,7 @@ class Trainer:
         return flag.item() > 0
 
     def _stop(self) -> str:
-        self.save(["last.pt"])
+        save_checkpoints(self, ["last.pt"])
         reason = self.stop_reason or "stopped"
         self.log(f"Stopped ({reason}) at epoch {self.epoch + 1}, step {self.step_in_epoch} of "
                  f"{self.steps_per_epoch}; saved {self.out_dir / 'checkpoints' / 'last.pt'}. Continue with "
@@ -656,17 +435,14 @@ class Trainer:
         for epoch in range(self.epoch, config.epochs):
             plan = epoch_plan(len(self.train_store), epoch, config.seed, config.volumes_per_step,
                               config.steps_per_epoch, self.dist.rank, world)
-            if self.prefetcher:
-                for indices in plan[self.step_in_epoch:self.step_in_epoch + 2]:
-                    self.prefetcher.schedule(indices)
+            self.crop_chooser.prefetch(plan[self.step_in_epoch:self.step_in_epoch + 2])
             bar = tqdm(total=len(plan), initial=self.step_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                        unit="step", dynamic_ncols=True, leave=True,
                        disable=not (config.progress_bar and self.dist.is_main))
             speed = None
             for k in range(self.step_in_epoch, len(plan)):
                 started = time.perf_counter()
-                if self.prefetcher and k + 2 < len(plan):
-                    self.prefetcher.schedule(plan[k + 2])
+                self.crop_chooser.prefetch(plan[k + 2:k + 3])  # the step after next (none near the end)
                 lr = self.optimizer.param_groups[0]["lr"]
                 images, labels = self.make_batch(plan[k])
                 parts = self.train_step(images, labels)
@@ -757,7 +533,7 @@ class Trainer:
             self.best_metric, self.best_epoch = val["dice"], self.epoch
             names.append("best.pt")
             self.log(f"epoch {self.epoch}: new best validation Dice {val['dice']:.4f}")
-        self.save(names)
+        save_checkpoints(self, names)
         # Plots cost seconds; redraw at most every PLOT_INTERVAL_S (and always at the end of the run).
         if self.dist.is_main and time.monotonic() - self.last_plot >= PLOT_INTERVAL_S:
             self._plot()

@@ -184,7 +184,7 @@ def make_volume(name: str, ct: np.ndarray, pet: np.ndarray, label: np.ndarray, n
 
     if with_organs and organs is None:
         organs = np.full(ct.shape, IGNORE, np.uint8)
-    from VeloxSegSlicerLib.engine.preprocess import normalize
+    from VeloxSegSlicerLib.engine import normalize
 
     original_shape = tuple(int(s) for s in ct.shape)
     pad = [max(0, int(p) - s) for p, s in zip(patch_size, ct.shape)]

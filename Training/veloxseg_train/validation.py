@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from VeloxSegSlicerLib.engine.sliding_window import sliding_window_logit_diff
+from VeloxSegSlicerLib.engine import sliding_window_logit_diff
 
 from .metrics import case_metrics, summarize
 from .sampling import CropSampler

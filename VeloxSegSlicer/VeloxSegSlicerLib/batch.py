@@ -1,4 +1,4 @@
-"""What the Logic adds to the engine's cohort runner (``engine.batch.run_batch``), and result files.
+"""What the Logic adds to the engine's cohort runner (``engine.cohort.batch.run_batch``), and result files.
 
 ``segmentFolder`` is ``run_batch`` (the same study finding, resume records, workers or Dask, summary.csv as
 ``veloxseg batch``) with ``StudyOutputs`` as its ``after_study`` hook: for each finished study it writes the
@@ -18,8 +18,8 @@ import vtk
 
 from . import mrml_io, results
 from .engine import LesionStats, StudyTotals, VeloxSegError, read_ct, read_pet_suv
-from .engine.batch_study import LABEL_NAME, RECORD_NAME, STATS_NAME, read_record
-from .engine.outputs import AtomicOutputs
+from .engine.cohort.batch_study import LABEL_NAME, RECORD_NAME, STATS_NAME, read_record
+from .engine.cohort.outputs import AtomicOutputs
 
 SEGMENTATION_NAME = "lesions.seg.nrrd"
 _NRRD_HEADER_LIMIT = 1 << 20  # a .seg.nrrd header with thousands of segments still fits

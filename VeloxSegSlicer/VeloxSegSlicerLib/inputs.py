@@ -3,7 +3,7 @@
 Every problem comes back as a sentence that says what is wrong and what to do, so the module can show
 it in the button tooltip before anything runs, and the Logic can raise it as an InputError.
 
-The voxel checks are the engine's own (``engine.checks``: scalar 3D, finite, not a label map, CT in HU,
+The voxel checks are the engine's own (``engine.inputs.checks``: scalar 3D, finite, not a label map, CT in HU,
 PET in SUV), run on the nodes' arrays, so the module refuses exactly what ``veloxseg segment`` refuses.
 Only what Slicer alone knows is checked here besides: the DICOM modality and the voxel value units that
 Slicer's DICOM plugins record on a node.
@@ -12,8 +12,8 @@ Slicer's DICOM plugins record on a node.
 import numpy as np
 import slicer
 
-from .engine import checks
 from .engine.errors import InputError
+from .engine.inputs import checks
 from .mrml_io import volumeArray, worldBounds
 
 # Units Slicer's PET DICOM plugin (PETDICOMExtension) puts on SUV volumes, as UCUM code values.

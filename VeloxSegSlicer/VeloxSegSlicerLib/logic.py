@@ -33,11 +33,11 @@ from .engine import (
     SegmentOptions,
     VeloxSegError,
     load_model,
+    run_batch,
     segment_study,
 )
-from .engine.batch import run_batch
-from .engine.pipeline import ReleasableImage
-from .engine.progress import plural
+from .engine.errors import plural
+from .engine.inference.pipeline import ReleasableImage
 
 try:  # real Slicer; slicer-core has no ScriptedLoadableModule (the tests provide a stub)
     from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic

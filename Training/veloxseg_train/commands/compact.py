@@ -55,8 +55,7 @@ def check_inputs(manifest, study) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from VeloxSegSlicerLib.engine import ModelError
-    from VeloxSegSlicerLib.engine.manifest import file_sha256, load_manifest, verify_model_file
+    from VeloxSegSlicerLib.engine import ModelError, file_sha256, load_manifest, verify_model_file
 
     from ..export import agreement_report
     from ..onnx_storage import compact_onnx_file

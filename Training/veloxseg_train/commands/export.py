@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from VeloxSegSlicerLib.engine.manifest import file_sha256
+    from VeloxSegSlicerLib.engine import file_sha256
 
     from ..checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
     from ..export import DEFAULT_SPACING_XYZ_MM, ExportError, export_onnx

@@ -1,7 +1,7 @@
 """Physical-space helpers of the data side: field-of-view boxes, the body mask, and keeping labels on the grid.
 
-Resampling onto the model grid itself is the engine's (`VeloxSegSlicerLib.engine.preprocess`), so that
-training sees exactly what inference will.
+Resampling onto the model grid itself is the engine's (`model_grid`, `resample_to_grid` of
+`VeloxSegSlicerLib.engine`), so that training sees exactly what inference will.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def foreground_box(image: sitk.Image) -> Tuple[np.ndarray, np.ndarray] | None:
 
 def grid_covering(grid, box: Tuple[np.ndarray, np.ndarray]):
     """The engine grid grown (on its own lattice) until it holds the physical box, e.g. all lesion voxels."""
-    from VeloxSegSlicerLib.engine.preprocess import Grid
+    from VeloxSegSlicerLib.engine import Grid
 
     origin, spacing, size = (np.asarray(v, float) for v in (grid.origin, grid.spacing, grid.size))
     end = origin + (size - 1) * spacing

@@ -91,8 +91,7 @@ def prepare_case(files: CaseFiles, name: str, out_dir: Path, options: PrepareOpt
     """Validate, resample, crop and save one case; returns its dataset.json record and its statistics."""
     import SimpleITK as sitk
 
-    from VeloxSegSlicerLib.engine.errors import InputError
-    from VeloxSegSlicerLib.engine.preprocess import CT_AIR_HU, IDENTITY, PET_OUTSIDE, model_grid, resample_to_grid
+    from VeloxSegSlicerLib.engine import CT_AIR_HU, IDENTITY, PET_OUTSIDE, InputError, model_grid, resample_to_grid
 
     from .geometry import body_mask, foreground_box, grid_covering
     from .validate import load_case, read_image

@@ -3,7 +3,7 @@
 Only file discovery happens here; reading and checking the images is `validate.load_case`.
 
 Which file of a case folder is the CT, the PET and the label follows the engine's rule
-(`VeloxSegSlicerLib.engine.study_inputs`), the one `veloxseg batch` and the Slicer module use, so a folder
+(`engine/inputs/study_inputs.py`), the one `veloxseg batch` and the Slicer module use, so a folder
 that inference accepts is read the same way here: words of the name, case-insensitive; a word starting
 with mask/label/seg/gtv makes a label, else the first word starting with `ct` a CT, with `pet`/`suv` (or
 `pt`) a PET; ties go to the exact word `ct`, then the CT on the PET grid (IBSI `CT_on_PET_grid` over
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Optional
 
-from VeloxSegSlicerLib.engine import study_inputs
+from VeloxSegSlicerLib import engine
 
 from .case import CaseFiles, DataError
 
@@ -43,7 +43,7 @@ def image_stem(path: Path) -> Optional[str]:
 
 def role_of(stem: str) -> Optional[str]:
     """'ct', 'pet', 'label' or None for a file-name stem, by the engine's rule."""
-    role = study_inputs.role_of(stem)
+    role = engine.role_of(stem)
     return role.lower() if role else None
 
 
@@ -54,12 +54,12 @@ def case_from_folder(folder: Path, source: Optional[str] = None) -> CaseFiles:
     case = folder.name
     if not folder.is_dir():
         raise DataError(case, f"{folder} is not a folder")
-    candidates = [c for c in study_inputs.study_candidates(folder, dicom_series=False) if image_stem(c)]
+    candidates = [c for c in engine.study_candidates(folder, dicom_series=False) if image_stem(c)]
     picked = {}
     for role, engine_role in _ENGINE_ROLES.items():
-        matches = study_inputs.matches_by_name(candidates, engine_role)
+        matches = engine.matches_by_name(candidates, engine_role)
         if len(matches) > 1:
-            raise DataError(case, study_inputs.ambiguity_message(engine_role, folder, matches))
+            raise DataError(case, engine.ambiguity_message(engine_role, folder, matches))
         picked[role] = folder / matches[0] if matches else None
     missing = [role.upper() for role in ("ct", "pet", "label") if picked[role] is None]
     if missing:

@@ -4,8 +4,9 @@ Each problem raises `DataError` naming the case: a missing or empty file, an inc
 unreadable, vector or zero-size image, NaN/Inf voxels, a CT that is not a CT in HU or a PET that is not in
 SUV, a label that is not 0/1 or is on neither the PET nor the CT grid, and CT/PET that do not overlap in
 physical space. An all-zero label is legal (lesion-free case). The reader, the CT/PET plausibility checks
-and the overlap rule are the inference engine's own (`engine.imageio`, `engine.checks`), so training refuses
-exactly what `veloxseg segment` and the Slicer module refuse.
+and the overlap rule are the inference engine's own (`engine/inputs/imageio.py`, `engine/inputs/checks.py`,
+through the engine's public API), so training refuses exactly what `veloxseg segment` and the Slicer module
+refuse.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from VeloxSegSlicerLib.engine import imageio
-from VeloxSegSlicerLib.engine.checks import check_ct_is_ct, check_finite, check_overlap, check_pet_is_suv
-from VeloxSegSlicerLib.engine.errors import InputError
-from VeloxSegSlicerLib.engine.preprocess import field_of_view
+from VeloxSegSlicerLib import engine
+from VeloxSegSlicerLib.engine import (
+    InputError,
+    check_ct_is_ct,
+    check_finite,
+    check_overlap,
+    check_pet_is_suv,
+    field_of_view,
+)
 
 from .case import CaseFiles, DataError, LoadedCase
 
@@ -32,7 +38,7 @@ def read_image(case: str, what: str, path: Path) -> sitk.Image:
     if path is None:
         raise DataError(case, f"missing {what} file")
     try:
-        image = imageio.read_image(path, what)
+        image = engine.read_image(path, what)
         check_finite(image, what, source=path)  # the formats whose NaN ITK keeps
     except InputError as exc:
         raise DataError(case, str(exc)) from None

@@ -1,4 +1,4 @@
-"""Error types of the engine.
+"""Error types of the engine, and `plural`, the wording its messages share at every layer.
 
 Every message names the problem and what to do about it, because the CLI and the Slicer module show it to
 the user as is. The CLI maps the classes to exit codes (InputError 2, ModelError 3, other 4, Cancelled 130).
@@ -21,3 +21,8 @@ class ModelError(VeloxSegError):
 
 class Cancelled(VeloxSegError):  # noqa: N818  (name fixed by docs/architecture.md)
     """The caller asked to stop; nothing was produced."""
+
+
+def plural(count: int, word: str, words: str = "") -> str:
+    """'1 lesion', '2 lesions', '0 lesions'; `words` for an irregular plural ('study', 'studies')."""
+    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"

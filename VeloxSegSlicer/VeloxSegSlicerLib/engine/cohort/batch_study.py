@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import read_ct, write_image
-from .organs import sites_text
+from ..errors import Cancelled, InputError, ModelError, VeloxSegError
+from ..inference.organs import sites_text
+from ..inference.pipeline import SegmentOptions, segment_study
+from ..inference.runtime import load_model
+from ..inputs.imageio import read_ct, write_image
+from ..inputs.suv import read_pet_suv
 from .outputs import AtomicOutputs, write_stats_csv
-from .pipeline import SegmentOptions, segment_study
-from .runtime import load_model
-from .suv import read_pet_suv
 
 try:
     import resource

@@ -57,11 +57,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def plural(count: int, word: str, words: str = "") -> str:
-    """'1 lesion', '2 lesions', '0 lesions'; `words` for an irregular plural ('study', 'studies')."""
-    return f"{count} {word}" if count == 1 else f"{count} {words or word + 's'}"
-
-
 class CohortProgress:
     """The batch display on stderr: one bar for the cohort (studies done / failed / skipped, ETA) and one
     line per worker (its study and stage). On a terminal it redraws in place; in a log it prints the

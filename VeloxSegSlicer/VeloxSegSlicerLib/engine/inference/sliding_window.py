@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from .errors import Cancelled, InputError
+from ..errors import Cancelled, InputError
 
 NOT_COVERED = -20.0  # logit difference given to voxels no window covered (skipped air): clearly background
 

@@ -14,18 +14,24 @@ import threading
 import time
 import traceback
 
+from ..errors import Cancelled, InputError, ModelError, VeloxSegError, plural
+from ..inference.manifest import load_manifest, verify_model_file
+from ..inference.organs import site_counts
+from ..inference.pipeline import (
+    DEFAULT_MIN_LESION_ML,
+    DEFAULT_MIN_SUV_MAX,
+    ReleasableImage,
+    SegmentOptions,
+    segment_study,
+)
+from ..inference.runtime import load_model
+from ..inference.sliding_window import BLENDINGS
+from ..inputs import study_inputs
+from ..inputs.imageio import LABEL_SUFFIXES, read_ct
+from ..inputs.suv import read_pet_suv
 from . import batch as batch_module
-from . import study_inputs
-from .errors import Cancelled, InputError, ModelError, VeloxSegError
-from .imageio import LABEL_SUFFIXES, read_ct
-from .manifest import load_manifest, verify_model_file
-from .organs import site_counts
 from .outputs import AtomicOutputs, check_label_path, check_writable
-from .pipeline import DEFAULT_MIN_LESION_ML, DEFAULT_MIN_SUV_MAX, ReleasableImage, SegmentOptions, segment_study
-from .progress import ProgressBar, plural
-from .runtime import load_model
-from .sliding_window import BLENDINGS
-from .suv import read_pet_suv
+from .progress import ProgressBar
 
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_RUNTIME, EXIT_CANCELLED = 0, 2, 3, 4, 130
 

@@ -12,8 +12,8 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
-from .imageio import LABEL_SUFFIXES, label_suffix, write_image
+from ..errors import InputError
+from ..inputs.imageio import LABEL_SUFFIXES, label_suffix, write_image
 
 STATS_COLUMNS = (
     "lesion_id",

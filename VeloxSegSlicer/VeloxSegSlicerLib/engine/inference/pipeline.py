@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
-from .checks import check_inputs
+from ..errors import Cancelled, InputError, VeloxSegError
+from ..inputs.checks import check_inputs
 from .coverage import coverage_warning, ct_coverage
-from .errors import Cancelled, InputError, VeloxSegError
 from .organs import OrganMap, OrganVotes
 from .postprocess import label_maps
 from .preprocess import (

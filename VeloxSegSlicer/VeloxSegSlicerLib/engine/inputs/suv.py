@@ -20,9 +20,9 @@ from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
+from ..errors import InputError
 from .checks import check_pet
 from .dicom_header import DicomHeaderError, read_header, text
-from .errors import InputError
 from .imageio import is_dicom_file, read_dicom_series, read_image
 
 logger = logging.getLogger(__name__)

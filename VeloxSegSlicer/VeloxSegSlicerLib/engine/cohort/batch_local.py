@@ -34,8 +34,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from ..errors import Cancelled, InputError, VeloxSegError
 from .batch_study import run_task, worker_name
-from .errors import Cancelled, InputError, VeloxSegError
 
 MAX_ATTEMPTS = 3
 STAGE_EVERY_S = 0.5  # a worker reports its stage when it changes, else at most this often

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ModelError
 from .candidates import candidate_features
-from .errors import ModelError
 from .manifest import SecondLookManifest
 from .postprocess import _dilate
 from .sliding_window import NOT_COVERED

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MANIFEST_FORMAT = "veloxseg-manifest/1"
 NORMALIZATION_KEYS = ("clip_low", "clip_high", "mean", "std")
@@ -21,7 +21,7 @@ NORMALIZATION_KEYS = ("clip_low", "clip_high", "mean", "std")
 
 def default_manifest_path() -> Path:
     """The model bundled with the Slicer module: <module dir>/Resources/Models/veloxseg.json."""
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models" / "veloxseg.json"
+    return Path(__file__).resolve().parents[3] / "Resources" / "Models" / "veloxseg.json"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from .errors import InputError
+from ..errors import InputError
 from .imageio import is_dicom_file
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")

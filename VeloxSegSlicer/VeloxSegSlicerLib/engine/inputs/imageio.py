@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
+from ..errors import InputError, VeloxSegError
 from .checks import check_ct
 from .dicom_header import DicomHeaderError, read_header, text
-from .errors import InputError, VeloxSegError
 from .integrity import verify_image_file
 
 # Writable formats for label images: single-file formats only, so the atomic rename covers everything.

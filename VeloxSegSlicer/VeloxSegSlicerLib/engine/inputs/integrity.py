@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 CHUNK_BYTES = 1 << 24
 HEADER_LIMIT = 1 << 20  # text headers (NRRD, MetaImage) longer than this are not headers

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
-from .errors import Cancelled
+from ..errors import Cancelled
 from .preprocess import Grid
 from .sliding_window import NOT_COVERED
 

@@ -12,7 +12,7 @@ on stderr and in the summary and the others continue; the run ends with a tally 
 
 Console example (also inside 3D Slicer):
 
-    from VeloxSegSlicerLib.engine.batch import run_batch
+    from VeloxSegSlicerLib.engine import run_batch
 
     if __name__ == "__main__":  # worker processes re-import a script: without this each would run it again
         report = run_batch("/data/cohort", "/data/results", workers=2)      # or scheduler="tcp://host:8786"
@@ -31,6 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from ..errors import Cancelled, InputError, plural
+from ..inference.manifest import load_manifest, verify_model_file
+from ..inference.pipeline import SegmentOptions
+from ..inference.runtime import Model, load_model
+from ..inputs.study_inputs import find_study_inputs
 from .batch_study import (
     LABEL_NAME,
     RECORD_NAME,
@@ -43,13 +48,8 @@ from .batch_study import (
     process_study,
     row_from_record,
 )
-from .errors import Cancelled, InputError
-from .manifest import load_manifest, verify_model_file
 from .outputs import PARTIAL_MARK, AtomicOutputs, check_writable
-from .pipeline import SegmentOptions
-from .progress import CohortProgress, plural
-from .runtime import Model, load_model
-from .study_inputs import find_study_inputs
+from .progress import CohortProgress
 
 __all__ = ["LABEL_NAME", "RECORD_NAME", "STATS_NAME", "SUMMARY_NAME", "BatchReport", "default_workers",
            "run_batch"]

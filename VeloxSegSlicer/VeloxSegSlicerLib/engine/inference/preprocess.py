@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
-from .checks import check_overlap
-from .errors import InputError
+from ..errors import InputError
+from ..inputs.checks import check_overlap
 
 CT_AIR_HU = -1000.0  # CT value outside the CT field of view
 PET_OUTSIDE = 0.0  # PET value outside the PET field of view

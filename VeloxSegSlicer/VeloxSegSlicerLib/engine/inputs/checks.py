@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the conventional alias)
 
-from .errors import InputError
+from ..errors import InputError
 
 SAMPLE_SIZE = 1_000_000
 LABEL_MAX_VALUES = 10  # a label map: 0 plus at most 9 other distinct whole values up to LABEL_MAX_ID

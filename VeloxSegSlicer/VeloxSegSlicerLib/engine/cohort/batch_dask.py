@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 import uuid
 
+from ..errors import Cancelled, InputError
 from .batch_study import run_task, worker_name
-from .errors import Cancelled, InputError
 
 # a worker reports its stage when it changes, else at most this often (less often than a local worker: each
 # report is a message to the scheduler)

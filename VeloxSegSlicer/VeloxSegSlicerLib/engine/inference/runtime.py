@@ -10,9 +10,8 @@ import os
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from ..errors import InputError, ModelError, plural
 from .manifest import Manifest, load_manifest, verify_model_file
-from .progress import plural
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
