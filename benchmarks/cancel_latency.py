@@ -36,7 +36,9 @@ def cancel_once(ct: Path, pet: Path, out: Path, threads: int, into_inference: fl
     if model:
         command += ["--model", model]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "VeloxSegSlicer"))
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    # started from a script's background (`cmd &`) this process has SIGINT ignored, and the child would inherit it
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     inference = threading.Event()
 
