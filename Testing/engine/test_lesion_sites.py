@@ -139,24 +139,34 @@ def test_organ_votes_on_equal_confidence_keep_the_lower_code():
     assert set(np.unique(votes.result())) == {2}
 
 
-def test_site_of_a_lesion_is_its_most_frequent_organ_and_the_lower_code_on_a_tie():
-    codes = np.zeros((4, 4, 4), np.uint8)
-    codes[0, 0, :2], codes[0, 0, 2:] = 2, 1
-    grid = type("Grid", (), {"origin": (10.0, 20.0, 30.0), "spacing": (2.0, 2.0, 3.0)})
+def test_site_of_a_lesion_is_the_organ_around_it_outside_every_lesion():
+    # model grid = PET grid here, 2 x 2 x 3 mm: the 8 mm shell is 4 voxels in x and y, 3 in z
+    codes = np.full((12, 20, 20), 2, np.uint8)  # "site c" everywhere ...
+    codes[5:7, 8:12, 8:12] = 1  # ... except under the lesion: the organ head calls a hot lesion a hot organ
+    grid = type("Grid", (), {"origin": (0.0, 0.0, 0.0), "spacing": (2.0, 2.0, 3.0)})
     organs = OrganMap.on_model_grid(codes, grid, ("a", "b", "c"), ("site a", "site b", "site c"))
+    pet = sitk.Image([20, 20, 12], sitk.sitkFloat32)
+    pet.SetSpacing((2.0, 2.0, 3.0))
+    labels = np.zeros((12, 20, 20), np.int32)
+    labels[5:7, 8:12, 8:12] = 1
+    assert organs.site_of_lesion(pet, labels, 1, (8, 8, 5), (4, 4, 2)) == "site c"  # the tissue around it
+    assert organs.site_of_codes(codes[labels == 1]) == "site b"  # what its own voxels would have said
 
-    def pet_grid(origin):
-        image = sitk.Image([4, 4, 4], sitk.sitkFloat32)
-        image.SetOrigin(origin)
-        image.SetSpacing((2.0, 2.0, 3.0))
-        return image
+    # a neighbouring lesion's voxels are not the tissue around: the shell outside both is "site a" here
+    codes[:] = 0
+    codes[5:7, 8:12, 8:12] = 1
+    codes[5:7, 12:16, 8:12] = 2
+    organs = OrganMap.on_model_grid(codes, grid, ("a", "b", "c"), ("site a", "site b", "site c"))
+    labels[5:7, 12:16, 8:12] = 2
+    assert organs.site_of_lesion(pet, labels, 1, (8, 8, 5), (4, 4, 2)) == "site a"
 
-    row = np.ones((1, 1, 4), bool)  # four voxels along x
-    assert organs.site_of_lesion(pet_grid((10.0, 20.0, 30.0)), row, (0, 0, 0)) == "site b"  # 2 and 2: lower code
-    assert organs.site_of_lesion(pet_grid((10.0, 20.0, 30.0)), row[..., :3], (0, 0, 0)) == "site c"
-    # the nearest model voxel: PET x index 1 lies at model x index 1.45 (code 2) or 1.55 (code 1); z 0.47 -> 0
-    assert organs.site_of_lesion(pet_grid((10.9, 20.0, 31.4)), row[..., :1], (1, 0, 0)) == "site c"
-    assert organs.site_of_lesion(pet_grid((11.1, 20.0, 31.4)), row[..., :1], (1, 0, 0)) == "site b"
+    # a lesion filling the whole image has no shell: its own voxels, the lower code on a tie
+    codes = np.zeros((1, 1, 4), np.uint8)
+    codes[0, 0, :2], codes[0, 0, 2:] = 2, 1
+    organs = OrganMap.on_model_grid(codes, grid, ("a", "b", "c"), ("site a", "site b", "site c"))
+    small = sitk.Image([4, 1, 1], sitk.sitkFloat32)
+    small.SetSpacing((2.0, 2.0, 3.0))
+    assert organs.site_of_lesion(small, np.ones((1, 1, 4), np.int32), 1, (0, 0, 0), (4, 1, 1)) == "site b"
     assert organs.site_of_codes(np.zeros(0, np.uint8)) == ""
 
 

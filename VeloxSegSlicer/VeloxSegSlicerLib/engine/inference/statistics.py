@@ -103,7 +103,8 @@ def lesion_statistics(label_pet: sitk.Image, pet_suv: sitk.Image, organs=None) -
         centroid = pet_suv.TransformContinuousIndexToPhysicalPoint(_mean_index_xyz(inside, (x, y, z)))
         mtv = values.size * voxel_ml
         mean = float(values.mean(dtype=np.float64))
-        site = organs.site_of_lesion(pet_suv, inside, (x, y, z)) if organs is not None else UNKNOWN_SITE
+        site = (organs.site_of_lesion(pet_suv, labels, int(label), (x, y, z), (sx, sy, sz))
+                if organs is not None else UNKNOWN_SITE)
         results.append(
             LesionStats(
                 id=int(label),
