@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 - the library's conventional alias
 from scipy import ndimage
 
-from .metrics import SIZE_BINS_ML, case_metrics, summarize
+from .metrics import SIZE_BINS_ML, case_metrics, json_safe, summarize
 
 BODY_CT_HU = -500.0
 BASELINES = ("suv2.5", "suv4.0", "suv41", "suv41_cc")
@@ -342,7 +342,7 @@ def evaluate(model_path: str | Path, cases_dir: str | Path, out_dir: str | Path,
     (out_dir / "summary.json").write_text(json.dumps({
         "model": str(model_path), "cases": str(cases_dir), "split": split, "overlap": overlap,
         "min_lesion_ml": min_lesion_ml, "min_suv_max": min_suv_max, "rules": [r.name for r in rules],
-        "blending": blending, "summary": _finite(summary)}, indent=2))
+        "blending": blending, "summary": json_safe(summary)}, indent=2))
     log(format_table(summary))
     return summary
 
@@ -380,10 +380,3 @@ def _write_csv(path: Path, columns: List[str], rows: List[Dict[str, object]]) ->
         for row in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value

@@ -172,3 +172,14 @@ def summarize(rows: Sequence[Dict[str, float]]) -> Dict[str, float]:
         summary["site_accuracy"] = (sum(int(r["site_correct"] or 0) for r in rows) / judged
                                     if judged else math.nan)
     return summary
+
+
+def json_safe(value):
+    """JSON has no NaN/inf: the same structure with them written as None (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

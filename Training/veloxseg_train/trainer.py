@@ -42,6 +42,7 @@ from . import augment
 from .crop_choice import CropChooser
 from .data.organs import ORGAN_NAMES
 from .losses import LossParts, SDKTLoss
+from .metrics import json_safe
 from .mining import HardNegativePool, mine_volumes, pick_volumes
 from .model import VeloxSeg, VeloxSegConfig
 from .plots import plot_run
@@ -398,7 +399,7 @@ class Trainer:
             "out_dir": str(self.out_dir),
         }
         if self.dist.is_main:
-            (self.out_dir / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+            (self.out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
             self._plot()
         return summary
 
@@ -576,13 +577,3 @@ def _fmt(value):
         return f"{value:.6g}"
     return value
 
-
-def _finite(value):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
