@@ -21,7 +21,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -55,19 +54,13 @@ def main() -> int:
 
     import numpy as np
     import SimpleITK as sitk  # noqa: N813
-    from wholebody_latency import build_study
+    from wholebody_latency import kept_study
 
-    from VeloxSegSlicerLib.engine import load_model, read_image, read_pet_suv, segment_study
+    from VeloxSegSlicerLib.engine import load_model, segment_study
     from VeloxSegSlicerLib.engine.inference import organs as organs_module
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="veloxseg-organs-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "ct.nii").is_file() and (folder / "pet.nii").is_file():
-        ct_path, pet_path = folder / "ct.nii", folder / "pet.nii"
-    else:
-        ct_path, pet_path = build_study(folder)
-    ct, pet = read_image(ct_path, "CT"), read_pet_suv(pet_path)
+    folder, ct, pet = kept_study(args.keep, "veloxseg-organs-")
 
     manifests = {"organs": Path(args.model), "lesions only": lesions_only_manifest(Path(args.model), folder)}
     if args.baseline:

@@ -22,7 +22,6 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -78,19 +77,13 @@ def main() -> int:
     args = parser.parse_args()
 
     import SimpleITK as sitk  # noqa: N813
-    from wholebody_latency import build_study
+    from wholebody_latency import kept_study
 
-    from VeloxSegSlicerLib.engine import load_model, read_image, read_pet_suv, segment_study
+    from VeloxSegSlicerLib.engine import load_model, segment_study
     from VeloxSegSlicerLib.engine.inference import second_look as second_look_module
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    folder = Path(args.keep or tempfile.mkdtemp(prefix="veloxseg-second-look-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "ct.nii").is_file() and (folder / "pet.nii").is_file():
-        ct_path, pet_path = folder / "ct.nii", folder / "pet.nii"
-    else:
-        ct_path, pet_path = build_study(folder)
-    ct, pet = read_image(ct_path, "CT"), read_pet_suv(pet_path)
+    folder, ct, pet = kept_study(args.keep, "veloxseg-second-look-")
     models = {name: load_model(path, threads=1) for name, path in manifests(Path(args.model), args.classifier,
                                                                              folder).items()}
     look = {"wall": 0.0, "cpu": 0.0}

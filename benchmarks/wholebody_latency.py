@@ -78,6 +78,22 @@ HOT_SPOTS = [  # (x, y, z from the feet end) mm, radius mm, SUV
 ]
 
 
+def kept_study(keep, prefix: str):
+    """(folder, CT, PET SUV) of the synthetic study in `keep` (built there first if it holds none; a temporary
+    folder when `keep` is None), read by the engine: the study the side-by-side cost benchmarks share."""
+    import tempfile
+
+    from VeloxSegSlicerLib.engine import read_image, read_pet_suv
+
+    folder = Path(keep or tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "ct.nii").is_file() and (folder / "pet.nii").is_file():
+        ct_path, pet_path = folder / "ct.nii", folder / "pet.nii"
+    else:
+        ct_path, pet_path = build_study(folder)
+    return folder, read_image(ct_path, "CT"), read_pet_suv(pet_path)
+
+
 def build_study(folder: Path) -> tuple:
     import numpy as np
     import SimpleITK as sitk  # noqa: N813
