@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Dict, List
 
-LOSS_COLUMNS = ("loss", "seg", "ce", "dice", "recon", "sdkt")
+LOSS_COLUMNS = ("loss", "seg", "ce", "dice", "recon", "sdkt", "organ")  # organ: logs of runs with an organ head
 VAL_COLUMNS = (("val_dice", "Dice (all items)"), ("val_dice_pos", "Dice (items with lesion)"),
                ("val_precision", "precision"), ("val_recall", "recall"))
 VAL_VOLUME_COLUMNS = (("val_fp_volume_ml", "FP volume (mL)"), ("val_fn_volume_ml", "FN volume (mL)"),
@@ -56,10 +56,14 @@ def plot_run(out_dir: str | Path) -> List[Path]:
 
     steps = read_csv(out_dir / "log_steps.csv")
     if steps:
-        fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
+        columns = [c for c in LOSS_COLUMNS if c in steps[0] and steps[0][c] is not None]
+        fig, axes = plt.subplots(2, (len(columns) + 1) // 2, figsize=(4.4 * ((len(columns) + 1) // 2), 7),
+                                 sharex=True, squeeze=False)
+        for ax in axes.ravel()[len(columns):]:
+            ax.set_visible(False)
         x = [r["global_step"] for r in steps]
         window = max(1, len(steps) // 50)
-        for ax, column in zip(axes.ravel(), LOSS_COLUMNS):
+        for ax, column in zip(axes.ravel(), columns):
             y = [r[column] for r in steps]
             ax.plot(x, y, color="0.75", linewidth=0.8, label="per step")
             ax.plot(x, _running_mean(y, window), color="C0", label=f"mean of {window}")
@@ -68,7 +72,7 @@ def plot_run(out_dir: str | Path) -> List[Path]:
         for ax in axes[-1]:
             ax.set_xlabel("step")
         axes[0, 0].legend(fontsize=8)
-        fig.suptitle("training losses (seg = deep-supervised CE + Dice; recon, sdkt unweighted)")
+        fig.suptitle("training losses (seg = deep-supervised CE + Dice; recon, sdkt, organ unweighted)")
         fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.25, hspace=0.25)
         path = plot_dir / "losses.png"
         fig.savefig(path, dpi=90)
